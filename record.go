@@ -1,0 +1,111 @@
+package inbox
+
+import (
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+)
+
+// MaxEventTypeLength is the longest event type or handler key accepted, in
+// bytes.
+const MaxEventTypeLength = 255
+
+// Record is one received event, ready to be stored by [Client.Set]. Create it
+// with [NewRecord]; a Record is immutable.
+type Record struct {
+	id        uuid.UUID
+	eventType string
+	payload   []byte
+	eventDate time.Time
+}
+
+// NewRecord validates and returns a record.
+//
+// id identifies the event: the inbox stores each (id, handler key) once, so
+// a redelivered event with the same id is ignored. eventType selects the
+// handlers registered with [Registry.On]. payload is the received body; it
+// may be empty. eventDate is when the event occurred; it defaults to now.
+//
+// The error wraps [ErrInvalidRecord] when id is [uuid.Nil], or eventType is
+// blank, longer than [MaxEventTypeLength] bytes or not valid UTF-8 text.
+func NewRecord(id uuid.UUID, eventType string, payload []byte, eventDate ...time.Time) (*Record, error) {
+	if len(eventDate) > 1 {
+		return nil, fmt.Errorf("%w: got %d event dates, want at most one", ErrInvalidRecord, len(eventDate))
+	}
+	date := time.Now()
+	if len(eventDate) == 1 {
+		date = eventDate[0]
+		if date.IsZero() {
+			return nil, fmt.Errorf("%w: event date is the zero time", ErrInvalidRecord)
+		}
+	}
+	r := &Record{id: id, eventType: eventType, payload: payload, eventDate: date}
+	if err := r.validate(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// ID returns the event id.
+func (r *Record) ID() uuid.UUID { return r.id }
+
+// EventType returns the event type.
+func (r *Record) EventType() string { return r.eventType }
+
+// Payload returns the event body. The caller must not modify it.
+func (r *Record) Payload() []byte { return r.payload }
+
+// EventDate returns when the event occurred.
+func (r *Record) EventDate() time.Time { return r.eventDate }
+
+func (r *Record) validate() error {
+	if r == nil {
+		return fmt.Errorf("%w: record is nil", ErrInvalidRecord)
+	}
+	if r.id == uuid.Nil {
+		return fmt.Errorf("%w: id is the nil UUID; give each event its own id", ErrInvalidRecord)
+	}
+	if err := validateName("event type", r.eventType); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidRecord, err)
+	}
+	if r.eventDate.IsZero() {
+		return fmt.Errorf("%w: event %s has no event date; build records with NewRecord", ErrInvalidRecord, r.id)
+	}
+	return nil
+}
+
+// validateName checks an event type or handler key.
+func validateName(what, s string) error {
+	switch {
+	case strings.TrimSpace(s) == "":
+		return fmt.Errorf("%s %q is blank", what, s)
+	case len(s) > MaxEventTypeLength:
+		return fmt.Errorf("%s is %d bytes long, the limit is %d", what, len(s), MaxEventTypeLength)
+	case !utf8.ValidString(s) || strings.ContainsRune(s, 0):
+		return fmt.Errorf("%s %q is not valid UTF-8 text", what, s)
+	}
+	return nil
+}
+
+// RecordState is the stored state of one (event, handler) row, as returned
+// by [Inbox.Lookup].
+type RecordState struct {
+	EventID    uuid.UUID
+	EventType  string
+	HandlerKey string
+	Status     Status
+	// Attempts counts the attempts started so far, including one that is
+	// running or whose worker died.
+	Attempts int
+	// LastError is the failure of the latest failed attempt, or "".
+	LastError string
+	EventDate time.Time
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	// NextAttemptAt is when the row is next due, for Null and Failed rows;
+	// nil otherwise.
+	NextAttemptAt *time.Time
+}

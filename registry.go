@@ -1,0 +1,217 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Handler processes the events of one event type. Each handler registered
+// for an event type gets its own row per event, with its own status and
+// attempts, so handlers succeed and fail independently.
+//
+// A handler may also implement:
+//
+//   - Timeout() time.Duration, to override the inbox's handler timeout;
+//   - [TxHandler], to run inside the transaction that marks its row done.
+type Handler interface {
+	// Key identifies the handler within its event type. It must be unique
+	// per event type, not blank, and stable across deploys: stored rows
+	// refer to it.
+	Key() string
+	// Process handles one event. A nil error marks the row done; any other
+	// error (or a panic, or running past the timeout) fails the attempt.
+	// The context ends at the handler's timeout or when the worker loses
+	// the row's lease.
+	Process(ctx context.Context, payload []byte) error
+}
+
+// TxHandler is a Handler whose work is writes to the inbox's own database.
+// The worker calls ProcessTx, not Process, inside a transaction that also
+// marks the row done: the handler's writes and the row's completion commit
+// together or not at all, so the writes take effect exactly once. A failed,
+// timed-out or panicking ProcessTx rolls its writes back and is retried.
+// ProcessTx must not commit or roll back tx.
+type TxHandler interface {
+	Handler
+	ProcessTx(ctx context.Context, tx pgx.Tx, payload []byte) error
+}
+
+// HandlerFunc returns a Handler with the given key that calls fn.
+func HandlerFunc(key string, fn func(ctx context.Context, payload []byte) error) Handler {
+	return funcHandler{key: key, fn: fn}
+}
+
+type funcHandler struct {
+	key string
+	fn  func(ctx context.Context, payload []byte) error
+}
+
+func (h funcHandler) Key() string { return h.key }
+
+func (h funcHandler) Process(ctx context.Context, payload []byte) error {
+	if h.fn == nil {
+		return fmt.Errorf("handler %q has a nil function", h.key)
+	}
+	return h.fn(ctx, payload)
+}
+
+// TxHandlerFunc returns a [TxHandler] with the given key that calls fn
+// inside the transaction that marks its row done.
+func TxHandlerFunc(key string, fn func(ctx context.Context, tx pgx.Tx, payload []byte) error) TxHandler {
+	return txFuncHandler{key: key, fn: fn}
+}
+
+type txFuncHandler struct {
+	key string
+	fn  func(ctx context.Context, tx pgx.Tx, payload []byte) error
+}
+
+func (h txFuncHandler) Key() string { return h.key }
+
+// Process is never called by the worker for a TxHandler; it reports misuse.
+func (h txFuncHandler) Process(context.Context, []byte) error {
+	return fmt.Errorf("handler %q runs only inside a transaction: the worker calls ProcessTx", h.key)
+}
+
+func (h txFuncHandler) ProcessTx(ctx context.Context, tx pgx.Tx, payload []byte) error {
+	if h.fn == nil {
+		return fmt.Errorf("handler %q has a nil function", h.key)
+	}
+	return h.fn(ctx, tx, payload)
+}
+
+type timeouter interface{ Timeout() time.Duration }
+
+// Registry maps event types to their handlers. Fill it with On before
+// passing it to [New]; New copies it, so later changes do not affect a
+// running Inbox. A Registry is safe for concurrent use.
+type Registry struct {
+	mu       sync.Mutex
+	handlers map[string][]Handler
+	errs     []error
+}
+
+// NewRegistry returns an empty Registry.
+func NewRegistry() *Registry {
+	return &Registry{handlers: make(map[string][]Handler)}
+}
+
+// On registers handlers for an event type. Every handler registered for a
+// type runs for each event of that type, each with its own row and status.
+//
+// For example, On("order_created", reserve, notify) stores two rows for each
+// order_created event, one per handler key, and runs both handlers.
+//
+// On records, rather than ignores, every mistake: a blank event type, no
+// handlers, a nil handler, a blank key, or a key already registered for the
+// event type. [New] then rejects the registry with an error wrapping
+// [ErrInvalidRegistry] that lists them.
+func (r *Registry) On(eventType string, handlers ...Handler) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.handlers == nil {
+		r.handlers = make(map[string][]Handler)
+	}
+	if err := validateName("event type", eventType); err != nil {
+		r.errs = append(r.errs, err)
+		return
+	}
+	if len(handlers) == 0 {
+		r.errs = append(r.errs, fmt.Errorf("event type %q registered with no handler", eventType))
+		return
+	}
+	for i, h := range handlers {
+		if h == nil {
+			r.errs = append(r.errs, fmt.Errorf("event type %q: handler %d is nil", eventType, i))
+			continue
+		}
+		key := h.Key()
+		if err := validateName("handler key", key); err != nil {
+			r.errs = append(r.errs, fmt.Errorf("event type %q: %w", eventType, err))
+			continue
+		}
+		if t, ok := h.(timeouter); ok && t.Timeout() <= 0 {
+			r.errs = append(r.errs, fmt.Errorf("event type %q: handler %q: Timeout() is %v, must be positive", eventType, key, t.Timeout()))
+			continue
+		}
+		if r.has(eventType, key) {
+			r.errs = append(r.errs, fmt.Errorf("event type %q: handler key %q registered twice; keys must be unique per event type", eventType, key))
+			continue
+		}
+		r.handlers[eventType] = append(r.handlers[eventType], h)
+	}
+}
+
+func (r *Registry) has(eventType, key string) bool {
+	for _, h := range r.handlers[eventType] {
+		if h.Key() == key {
+			return true
+		}
+	}
+	return false
+}
+
+// Handlers returns a copy of the registrations: event type to its handlers,
+// in registration order.
+func (r *Registry) Handlers() map[string][]Handler {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string][]Handler, len(r.handlers))
+	for t, hs := range r.handlers {
+		out[t] = append([]Handler(nil), hs...)
+	}
+	return out
+}
+
+// routes is the immutable snapshot of a registry that an Inbox uses.
+type routes struct {
+	byType map[string][]Handler
+	// types and keys are parallel: one entry per (event type, handler key)
+	// pair, sorted, as passed to SQL.
+	types, keys []string
+}
+
+func (r *Registry) snapshot() (*routes, error) {
+	if r == nil {
+		return nil, fmt.Errorf("%w: registry is nil; build one with NewRegistry", ErrInvalidRegistry)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.errs) > 0 {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidRegistry, errors.Join(r.errs...))
+	}
+	if len(r.handlers) == 0 {
+		return nil, fmt.Errorf("%w: no handlers registered; call Registry.On before New", ErrInvalidRegistry)
+	}
+	rt := &routes{byType: make(map[string][]Handler, len(r.handlers))}
+	for t, hs := range r.handlers {
+		rt.byType[t] = append([]Handler(nil), hs...)
+	}
+	eventTypes := make([]string, 0, len(rt.byType))
+	for t := range rt.byType {
+		eventTypes = append(eventTypes, t)
+	}
+	sort.Strings(eventTypes)
+	for _, t := range eventTypes {
+		for _, h := range rt.byType[t] {
+			rt.types = append(rt.types, t)
+			rt.keys = append(rt.keys, h.Key())
+		}
+	}
+	return rt, nil
+}
+
+func (rt *routes) handler(eventType, key string) Handler {
+	for _, h := range rt.byType[eventType] {
+		if h.Key() == key {
+			return h
+		}
+	}
+	return nil
+}

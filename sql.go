@@ -1,0 +1,169 @@
+package inbox
+
+// Every statement the package runs. Table names are unqualified: the inbox
+// lives in the schema the connection's search_path resolves to.
+
+// setSQL stores records, one row per registered handler key, in one
+// statement. Rows that exist already are left alone. When asked to and when
+// at least one row was inserted, it notifies idle workers; the constant
+// payload lets PostgreSQL fold all notifications of a transaction into one.
+const setSQL = `
+WITH ins AS (
+    INSERT INTO inbox_records (event_id, handler_key, event_type, payload, event_date)
+    SELECT r.event_id, h.handler_key, r.event_type, r.payload, r.event_date
+    FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::timestamptz[])
+             AS r(event_id, event_type, payload, event_date)
+    JOIN unnest($5::text[], $6::text[]) AS h(event_type, handler_key)
+      ON h.event_type = r.event_type
+    ON CONFLICT (event_id, handler_key) DO NOTHING
+    RETURNING 1
+), n AS (
+    SELECT count(*) AS inserted FROM ins
+)
+SELECT n.inserted
+FROM n
+LEFT JOIN LATERAL (
+    SELECT pg_notify(` + channelExpr + `, '')
+    WHERE $7::bool AND n.inserted > 0
+) notified ON true`
+
+// channelExpr names the notification channel of the inbox table in the
+// current schema; a schema name too long for a channel is hashed.
+const channelExpr = `(CASE WHEN octet_length(current_schema()) <= 49
+    THEN current_schema() ELSE md5(current_schema()) END || '.inbox_records')`
+
+const channelSQL = `SELECT ` + channelExpr
+
+// claimSQL locks up to $3 due rows of the registered (event type, handler
+// key) pairs, oldest due first, skipping rows other workers hold, and leases
+// them to worker $5 for $6 milliseconds, counting an attempt. A row whose
+// lease expired (its worker died) is claimed again; if it has used up its
+// $4 attempts it becomes dead instead. The MATERIALIZED CTE cannot lock more
+// rows than the limit, and the update reaches the locked rows by ctid.
+const claimSQL = `
+WITH due AS MATERIALIZED (
+    SELECT ctid, status
+    FROM inbox_records
+    WHERE status IN ('', 'failed', 'progress')
+      AND due_at <= now()
+      AND (event_type, handler_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+    ORDER BY due_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE inbox_records AS r
+SET status     = CASE WHEN r.attempts >= $4 THEN 'dead' ELSE 'progress' END,
+    attempts   = CASE WHEN r.attempts >= $4 THEN r.attempts ELSE r.attempts + 1 END,
+    last_error = CASE WHEN due.status = 'progress'
+                      THEN 'attempt ' || r.attempts || ': ' || $7::text
+                      ELSE r.last_error END,
+    locked_by  = CASE WHEN r.attempts >= $4 THEN NULL ELSE $5::uuid END,
+    due_at     = CASE WHEN r.attempts >= $4 THEN r.due_at
+                      ELSE now() + $6::bigint * interval '1 millisecond' END,
+    updated_at = now()
+FROM due
+WHERE r.ctid = due.ctid
+RETURNING r.event_id, r.event_type, r.handler_key, r.payload, r.attempts,
+          r.status, due.status = 'progress', r.last_error`
+
+// completeSQL writes the results of many attempts in one statement. Each
+// row is written only while worker $7 still holds it for that attempt, so a
+// late writer never overwrites a newer attempt. Null error or due time
+// keeps the stored one.
+const completeSQL = `
+UPDATE inbox_records AS r
+SET status     = u.status,
+    last_error = coalesce(u.last_error, r.last_error),
+    due_at     = coalesce(u.due_at, r.due_at),
+    locked_by  = NULL,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[])
+         AS u(event_id, handler_key, attempts, status, last_error, due_at)
+WHERE r.event_id = u.event_id
+  AND r.handler_key = u.handler_key
+  AND r.status = 'progress'
+  AND r.locked_by = $7
+  AND r.attempts = u.attempts
+RETURNING r.event_id, r.handler_key`
+
+// completeTxSQL marks one row done inside a TxHandler's transaction, under
+// the same guard as completeSQL.
+const completeTxSQL = `
+UPDATE inbox_records
+SET status = 'done', locked_by = NULL, updated_at = now()
+WHERE event_id = $1 AND handler_key = $2
+  AND status = 'progress' AND locked_by = $3 AND attempts = $4`
+
+// releaseSQL hands rows whose handlers never started back to the queue,
+// due now, without counting the attempt.
+const releaseSQL = `
+UPDATE inbox_records AS r
+SET status     = CASE WHEN r.attempts <= 1 THEN '' ELSE 'failed' END,
+    attempts   = r.attempts - 1,
+    locked_by  = NULL,
+    due_at     = now(),
+    updated_at = now()
+FROM unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, attempts)
+WHERE r.event_id = u.event_id
+  AND r.handler_key = u.handler_key
+  AND r.status = 'progress'
+  AND r.locked_by = $4
+  AND r.attempts = u.attempts`
+
+// renewSQL extends the leases worker $4 holds on the given rows and returns
+// the rows it still holds.
+const renewSQL = `
+UPDATE inbox_records AS r
+SET due_at = now() + $5::bigint * interval '1 millisecond'
+FROM unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, attempts)
+WHERE r.event_id = u.event_id
+  AND r.handler_key = u.handler_key
+  AND r.status = 'progress'
+  AND r.locked_by = $4
+  AND r.attempts = u.attempts
+RETURNING r.event_id, r.handler_key`
+
+// eraseSQL deletes up to $2 done or dead rows last changed before $1.
+// Rows another instance is deleting are skipped, so several instances may
+// run retention at once.
+const eraseSQL = `
+DELETE FROM inbox_records
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM inbox_records
+    WHERE status IN ('done', 'dead') AND updated_at < $1
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED))`
+
+const lookupSQL = `
+SELECT event_id, event_type, handler_key, status, attempts, last_error,
+       event_date, created_at, updated_at,
+       CASE WHEN status IN ('', 'failed') THEN due_at END AS next_attempt_at
+FROM inbox_records
+WHERE event_id = $1
+ORDER BY handler_key`
+
+const countsSQL = `SELECT status, count(*) FROM inbox_records GROUP BY status`
+
+// oldestDueSQL returns how long the oldest due row has waited, or null.
+const oldestDueSQL = `
+SELECT extract(epoch FROM now() - min(due_at))
+FROM inbox_records
+WHERE status IN ('', 'failed', 'progress') AND due_at <= now()`
+
+const workerBeatSQL = `
+INSERT INTO inbox_workers (id, hostname, pid, event_types, expires_at)
+VALUES ($1, $2, $3, $4, now() + $5::bigint * interval '1 millisecond')
+ON CONFLICT (id) DO UPDATE
+SET beat_at = now(), expires_at = excluded.expires_at`
+
+const workerPruneSQL = `DELETE FROM inbox_workers WHERE expires_at < now() - interval '1 hour'`
+
+const workerDeleteSQL = `DELETE FROM inbox_workers WHERE id = $1`
+
+const workersSQL = `
+SELECT id, hostname, pid, event_types, started_at, beat_at
+FROM inbox_workers
+WHERE expires_at >= now()
+ORDER BY started_at, id`
+
+const tableCheckSQL = `SELECT to_regclass('inbox_records') IS NOT NULL, current_schema()`

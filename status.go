@@ -1,0 +1,36 @@
+package inbox
+
+// Status is the processing state of one (event, handler) row.
+//
+// A row starts as [Null], becomes [Progress] while a worker holds its lease,
+// and ends as [Done] or [Dead]. A failed attempt leaves it [Failed] until its
+// next attempt is due.
+type Status string
+
+const (
+	// Null means the row is stored and has not been attempted yet.
+	Null Status = ""
+	// Progress means a worker has claimed the row and holds its lease.
+	Progress Status = "progress"
+	// Failed means the last attempt failed; the row is retried when its next
+	// attempt is due.
+	Failed Status = "failed"
+	// Done means the handler succeeded. The row is kept, for deduplication,
+	// until retention erases it.
+	Done Status = "done"
+	// Dead means the row used up its attempts and is no longer processed.
+	Dead Status = "dead"
+)
+
+// Statuses returns every Status, in lifecycle order.
+func Statuses() []Status {
+	return []Status{Null, Progress, Failed, Done, Dead}
+}
+
+// String returns the status as stored, or "null" for [Null].
+func (s Status) String() string {
+	if s == Null {
+		return "null"
+	}
+	return string(s)
+}

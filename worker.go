@@ -1,0 +1,484 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// The worker of one Inbox is a pipeline:
+//
+//	claimer ──jobs──▶ runners (concurrency) ──results──▶ completer
+//
+// The claimer takes due rows in batches, leasing them; runners run the
+// handlers; the completer writes results in set-based statements and
+// renews the leases of every row the worker holds. A worker holds at most
+// concurrency + batch size rows. A runner's slot frees when its handler
+// returns, not when the result is written.
+
+// rowKey identifies a row.
+type rowKey struct {
+	id  uuid.UUID
+	key string
+}
+
+// job is a claimed row. Fields below mu are guarded by worker.mu.
+type job struct {
+	rowKey
+	eventType string
+	payload   []byte
+	attempts  int
+	handler   Handler
+	timeout   time.Duration
+
+	// guarded by worker.mu
+	started    bool
+	finished   bool
+	lost       bool
+	renewUntil time.Time
+	cancel     context.CancelCauseFunc
+}
+
+// result is what a runner hands the completer.
+type result struct {
+	job *job
+	err error
+	// written: a TxHandler marked the row done in its own transaction.
+	written bool
+	// released: the handler never started; give the row back.
+	released bool
+	// lost: the worker no longer held the row when it tried to write.
+	lost bool
+}
+
+type worker struct {
+	ib     *Inbox
+	cfg    *config
+	log    *slog.Logger
+	routes *routes
+	id     uuid.UUID
+
+	ctx    context.Context // lives until the worker has stopped
+	cancel context.CancelFunc
+
+	handlerCtx    context.Context // parent of handler contexts
+	cancelHandler context.CancelCauseFunc
+
+	capacity int
+	inflight atomic.Int64 // claimed rows whose handler has not returned
+
+	jobs      chan *job
+	results   chan result
+	wake      chan struct{} // a notification arrived
+	slotFreed chan struct{} // a handler returned
+	dead      chan DeadRecord
+
+	stopClaim chan struct{} // closed by stop: claim no more
+	stopRun   chan struct{} // closed by stop: start no more handlers
+	quit      chan struct{} // closed on a hard stop: abandon writes
+	stopping  atomic.Bool
+
+	mu   sync.Mutex
+	held map[rowKey]*job // claimed rows whose result is not yet written
+
+	claimer, runners, completer, background, handlers, callbacks sync.WaitGroup
+}
+
+func newWorker(ib *Inbox) *worker {
+	capacity := ib.cfg.concurrency + ib.cfg.batchSize
+	return &worker{
+		ib:        ib,
+		cfg:       &ib.cfg,
+		log:       ib.cfg.logger.With("worker", ib.id),
+		routes:    ib.routes,
+		id:        ib.id,
+		capacity:  capacity,
+		jobs:      make(chan *job, capacity),
+		results:   make(chan result, capacity),
+		wake:      make(chan struct{}, 1),
+		slotFreed: make(chan struct{}, 1),
+		dead:      make(chan DeadRecord, 1024),
+		stopClaim: make(chan struct{}),
+		stopRun:   make(chan struct{}),
+		quit:      make(chan struct{}),
+		held:      make(map[rowKey]*job, capacity),
+	}
+}
+
+func (w *worker) start(ctx context.Context) error {
+	w.ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	w.handlerCtx, w.cancelHandler = context.WithCancelCause(w.ctx)
+	if err := w.beat(ctx); err != nil {
+		w.cancel()
+		return err
+	}
+	w.claimer.Add(1)
+	go w.claimLoop()
+	for range w.cfg.concurrency {
+		w.runners.Add(1)
+		go w.runLoop()
+	}
+	w.completer.Add(1)
+	go w.completeLoop()
+	w.callbacks.Add(1)
+	go w.deadLoop()
+	w.background.Add(1)
+	go w.maintainLoop()
+	if w.cfg.notify {
+		w.background.Add(1)
+		go w.listenLoop()
+	}
+	return nil
+}
+
+// stop implements Inbox.Stop.
+func (w *worker) stop(ctx context.Context) error {
+	w.stopping.Store(true)
+	close(w.stopClaim)
+	w.claimer.Wait()
+	close(w.stopRun)
+
+	err := waitCtx(ctx, &w.runners, &w.handlers)
+	if err != nil {
+		// Hard stop: abandon running handlers to their leases.
+		w.cancelHandler(fmt.Errorf("inbox: Stop's context ended: %w", context.Cause(ctx)))
+		close(w.quit)
+	} else {
+		close(w.results) // runners are gone; the completer flushes and returns
+	}
+	w.completer.Wait()
+	w.cancel()
+	w.background.Wait()
+	close(w.dead)
+	w.callbacks.Wait()
+	if err == nil {
+		// Leave the table as a stopped worker should: no live heartbeat.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, derr := w.ib.pool.Exec(dctx, workerDeleteSQL, w.id); derr != nil {
+			w.report(fmt.Errorf("inbox: remove worker heartbeat: %w", derr))
+		}
+	}
+	return err
+}
+
+// waitCtx waits for the groups in order, or until ctx ends.
+func waitCtx(ctx context.Context, groups ...*sync.WaitGroup) error {
+	done := make(chan struct{})
+	go func() {
+		for _, g := range groups {
+			g.Wait()
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// report sends an error of the machinery to the log and the error callback.
+func (w *worker) report(err error) {
+	w.log.Error("inbox: worker error", "error", err)
+	w.cfg.onError(err)
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// sleep waits for d or until done is closed, and reports which.
+func sleep(d time.Duration, done <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-done:
+		return false
+	}
+}
+
+// claimLoop claims rows while there is room, polling when idle.
+func (w *worker) claimLoop() {
+	defer w.claimer.Done()
+	minClaim := max(1, min(w.cfg.batchSize, w.capacity)/4)
+	failures := 0
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		free := w.capacity - int(w.inflight.Load())
+		if free < minClaim {
+			select {
+			case <-w.slotFreed:
+				continue
+			case <-w.stopClaim:
+				return
+			}
+		}
+		n := min(w.cfg.batchSize, free)
+		got, err := w.claim(n)
+		if err != nil {
+			failures++
+			w.report(fmt.Errorf("inbox: claim: %w", err))
+			if !sleep(retryDelay(failures, 100*time.Millisecond, 5*time.Second, rand.Float64()), w.stopClaim) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		if got == n {
+			continue // more may be due: claim again at once
+		}
+		timer.Reset(pollDelay(w.cfg.iterationRate, w.cfg.iterationSeed, rand.Float64()))
+		select {
+		case <-w.wake:
+		case <-timer.C:
+		case <-w.stopClaim:
+			return
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+// claim claims up to n rows and queues them for the runners. It returns
+// how many rows the statement returned.
+func (w *worker) claim(n int) (int, error) {
+	ctx, cancel := context.WithCancel(w.ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-w.stopClaim:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	rows, err := w.ib.pool.Query(ctx, claimSQL, w.routes.types, w.routes.keys, n,
+		w.cfg.maxAttempts, w.id, w.cfg.lease.Milliseconds(), "lease expired before a result was written (worker stopped or lost the database)")
+	if err != nil {
+		return 0, err
+	}
+	type claimed struct {
+		j                 *job
+		status, lastError string
+		rescued           bool
+	}
+	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (claimed, error) {
+		c := claimed{j: &job{}}
+		err := row.Scan(&c.j.id, &c.j.eventType, &c.j.key, &c.j.payload, &c.j.attempts,
+			&c.status, &c.rescued, &c.lastError)
+		return c, err
+	})
+	if err != nil {
+		return 0, err
+	}
+	now := time.Now()
+	w.mu.Lock()
+	runnable := 0
+	for _, c := range list {
+		if Status(c.status) == Progress {
+			c.j.handler = w.routes.handler(c.j.eventType, c.j.key)
+			c.j.timeout = w.cfg.handlerTimeout
+			if t, ok := c.j.handler.(timeouter); ok {
+				c.j.timeout = t.Timeout()
+			}
+			c.j.renewUntil = now.Add(time.Hour) // queued rows are renewed until they start
+			w.held[c.j.rowKey] = c.j
+			runnable++
+		}
+	}
+	w.mu.Unlock()
+	w.inflight.Add(int64(runnable))
+	for _, c := range list {
+		if c.rescued {
+			w.log.Warn("inbox: claimed a row whose lease had expired", "event_id", c.j.id,
+				"handler_key", c.j.key, "attempt", c.j.attempts, "status", c.status)
+		}
+		if Status(c.status) == Dead {
+			w.sendDead(DeadRecord{EventID: c.j.id, EventType: c.j.eventType, HandlerKey: c.j.key,
+				Attempts: c.j.attempts, Err: fmt.Errorf("%w: %s", ErrLeaseExpired, c.lastError)})
+			continue
+		}
+		w.jobs <- c.j // never blocks: at most capacity rows are in flight
+	}
+	return len(list), nil
+}
+
+// runLoop runs handlers until stop.
+func (w *worker) runLoop() {
+	defer w.runners.Done()
+	for {
+		select {
+		case <-w.stopRun:
+			w.releaseQueued()
+			return
+		case j := <-w.jobs:
+			if w.stopping.Load() {
+				w.finish(result{job: j, released: true})
+				continue
+			}
+			w.execute(j)
+		}
+	}
+}
+
+// releaseQueued hands back the jobs still queued when stop began.
+func (w *worker) releaseQueued() {
+	for {
+		select {
+		case j := <-w.jobs:
+			w.finish(result{job: j, released: true})
+		default:
+			return
+		}
+	}
+}
+
+// finish frees the job's slot and passes its result to the completer.
+func (w *worker) finish(r result) {
+	w.mu.Lock()
+	r.job.finished = true
+	w.mu.Unlock()
+	w.inflight.Add(-1)
+	signal(w.slotFreed)
+	select {
+	case w.results <- r:
+	case <-w.quit:
+	}
+}
+
+// grace is how long a runner waits for a handler whose context has ended
+// before it records the attempt as failed and frees the slot.
+func (w *worker) grace() time.Duration {
+	return min(w.cfg.lease/3, time.Second)
+}
+
+// execute runs one handler with its timeout, recovering panics.
+func (w *worker) execute(j *job) {
+	ctx, cancel := context.WithCancelCause(w.handlerCtx)
+	tctx, cancelTimeout := context.WithTimeoutCause(ctx, j.timeout, ErrHandlerTimeout)
+	defer cancelTimeout()
+	defer cancel(nil)
+	w.mu.Lock()
+	lost := j.lost
+	j.started, j.cancel = true, cancel
+	j.renewUntil = time.Now().Add(j.timeout + w.grace())
+	w.mu.Unlock()
+	if lost {
+		w.finish(result{job: j, lost: true})
+		return
+	}
+
+	type outcome struct {
+		written bool
+		err     error
+	}
+	done := make(chan outcome, 1)
+	w.handlers.Add(1)
+	go func() {
+		defer w.handlers.Done()
+		written, err := w.call(tctx, j)
+		done <- outcome{written, err}
+	}()
+	var out outcome
+	select {
+	case out = <-done:
+	case <-tctx.Done():
+		select {
+		case out = <-done:
+		case <-time.After(w.grace()):
+			out.err = fmt.Errorf("handler did not return within %v of its context ending: %w", w.grace(), context.Cause(tctx))
+			w.log.Warn("inbox: handler ignores its context; abandoning it", "event_id", j.id, "handler_key", j.key)
+		}
+	}
+	r := result{job: j, written: out.written, err: out.err}
+	switch {
+	case out.err == nil:
+	case errors.Is(out.err, ErrLeaseLost):
+		r.lost = true
+	case tctx.Err() != nil:
+		cause := context.Cause(tctx)
+		if errors.Is(cause, ErrHandlerTimeout) {
+			r.err = fmt.Errorf("%w after %v: %w", ErrHandlerTimeout, j.timeout, out.err)
+		} else if !errors.Is(out.err, cause) {
+			r.err = fmt.Errorf("%w: %w", cause, out.err)
+		}
+	}
+	w.finish(r)
+}
+
+// call runs the handler, turning a panic into a PanicError.
+func (w *worker) call(ctx context.Context, j *job) (written bool, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			written, err = false, &PanicError{Value: p, Stack: debug.Stack()}
+		}
+	}()
+	if j.handler == nil {
+		return false, fmt.Errorf("no handler %q registered for event type %q", j.key, j.eventType)
+	}
+	if th, ok := j.handler.(TxHandler); ok {
+		return w.callTx(ctx, th, j)
+	}
+	return false, j.handler.Process(ctx, j.payload)
+}
+
+// callTx runs a TxHandler in a transaction that also marks its row done.
+func (w *worker) callTx(ctx context.Context, th TxHandler, j *job) (bool, error) {
+	tx, err := w.ib.pool.Begin(ctx)
+	if err != nil {
+		return false, fmt.Errorf("begin transaction: %w", err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = tx.Rollback(rctx) // no-op after a commit
+	}()
+	if err := th.ProcessTx(ctx, tx, j.payload); err != nil {
+		return false, err
+	}
+	tag, err := tx.Exec(ctx, completeTxSQL, j.id, j.key, w.id, j.attempts)
+	if err != nil {
+		return false, fmt.Errorf("mark done: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return false, fmt.Errorf("%w: row was taken over before the transaction committed; its writes were rolled back", ErrLeaseLost)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, fmt.Errorf("commit: %w", err)
+	}
+	return true, nil
+}
+
+func (w *worker) sendDead(rec DeadRecord) {
+	w.log.Warn("inbox: row is dead", "event_id", rec.EventID, "event_type", rec.EventType,
+		"handler_key", rec.HandlerKey, "attempts", rec.Attempts, "error", rec.Err)
+	w.dead <- rec
+}
+
+// deadLoop calls the dead callback, one record at a time.
+func (w *worker) deadLoop() {
+	defer w.callbacks.Done()
+	for rec := range w.dead {
+		w.cfg.onDead(w.handlerCtx, rec)
+	}
+}
