@@ -233,6 +233,9 @@ func (w *worker) claimLoop() {
 		n := min(w.cfg.batchSize, free)
 		got, err := w.claim(n)
 		if err != nil {
+			if w.stopping.Load() {
+				return
+			}
 			failures++
 			w.report(fmt.Errorf("inbox: claim: %w", err))
 			if !sleep(retryDelay(failures, 100*time.Millisecond, 5*time.Second, rand.Float64()), w.stopClaim) {
