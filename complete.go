@@ -88,6 +88,7 @@ func (w *worker) flush(ctx context.Context, batch []result) {
 	dead := make(map[rowKey]DeadRecord)
 	lost := 0
 	now := time.Now()
+	var earliest time.Time // earliest retry written
 	for _, r := range batch {
 		j := r.job
 		switch {
@@ -110,12 +111,20 @@ func (w *worker) flush(ctx context.Context, batch []result) {
 			} else {
 				due := now.Add(retryDelay(j.attempts, w.cfg.backoffBase, w.cfg.backoffMax, rand.Float64()))
 				statuses, dues = append(statuses, string(Failed)), append(dues, &due)
+				if earliest.IsZero() || due.Before(earliest) {
+					earliest = due
+				}
 				w.log.Debug("inbox: attempt failed", "event_id", j.id, "handler_key", j.key,
 					"attempt", j.attempts, "next_attempt_at", due, "error", r.err)
 			}
 		}
 	}
 	if len(done.ids) > 0 {
+		defer func() {
+			if !earliest.IsZero() {
+				w.scheduleRetry(earliest)
+			}
+		}()
 		var written map[rowKey]bool
 		err := w.retry(ctx, "write results", func() error {
 			rows, err := w.ib.pool.Query(ctx, completeSQL, done.ids, done.keys, done.attempts,

@@ -167,7 +167,7 @@ type slowHandler struct {
 	release chan struct{}
 }
 
-func (h slowHandler) Key() string             { return h.key }
+func (h slowHandler) Key() string            { return h.key }
 func (h slowHandler) Timeout() time.Duration { return h.timeout }
 func (h slowHandler) Process(ctx context.Context, _ []byte) error {
 	if h.ignore {

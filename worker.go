@@ -79,6 +79,8 @@ type worker struct {
 	jobs      chan *job
 	results   chan result
 	wake      chan struct{} // a notification arrived
+	resched   chan struct{} // nextDue moved earlier
+	nextDue   atomic.Int64  // unix nanos of the earliest retry this worker wrote, or 0
 	slotFreed chan struct{} // a handler returned
 	dead      chan DeadRecord
 
@@ -105,6 +107,7 @@ func newWorker(ib *Inbox) *worker {
 		jobs:      make(chan *job, capacity),
 		results:   make(chan result, capacity),
 		wake:      make(chan struct{}, 1),
+		resched:   make(chan struct{}, 1),
 		slotFreed: make(chan struct{}, 1),
 		dead:      make(chan DeadRecord, 1024),
 		stopClaim: make(chan struct{}),
@@ -247,18 +250,48 @@ func (w *worker) claimLoop() {
 		if got == n {
 			continue // more may be due: claim again at once
 		}
-		timer.Reset(pollDelay(w.cfg.iterationRate, w.cfg.iterationSeed, rand.Float64()))
+		if !w.idle(timer) {
+			return
+		}
+	}
+}
+
+// idle waits for a notification, the poll delay, or the earliest retry
+// this worker scheduled, whichever comes first. It returns false on stop.
+func (w *worker) idle(timer *time.Timer) bool {
+	poll := pollDelay(w.cfg.iterationRate, w.cfg.iterationSeed, rand.Float64())
+	for {
+		d := poll
+		if next := w.nextDue.Load(); next != 0 {
+			d = max(0, min(d, time.Until(time.Unix(0, next))))
+		}
+		timer.Reset(d)
 		select {
 		case <-w.wake:
 		case <-timer.C:
+			w.nextDue.Store(0) // the claim that follows takes what is due
+			return true
+		case <-w.resched:
+			timer.Stop()
+			continue
 		case <-w.stopClaim:
+			return false
+		}
+		timer.Stop()
+		return true
+	}
+}
+
+// scheduleRetry makes the claimer wake by at.
+func (w *worker) scheduleRetry(at time.Time) {
+	for {
+		cur := w.nextDue.Load()
+		if cur != 0 && cur <= at.UnixNano() {
 			return
 		}
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
+		if w.nextDue.CompareAndSwap(cur, at.UnixNano()) {
+			signal(w.resched)
+			return
 		}
 	}
 }

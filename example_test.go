@@ -1,0 +1,191 @@
+package inbox_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pginbox/inbox"
+)
+
+// examplePool returns a pool working in a fresh schema of the test database.
+func examplePool() *pgxpool.Pool {
+	ctx := context.Background()
+	schema := fmt.Sprintf("example_%d", schemaSeq.Add(1))
+	cfg, err := pgxpool.ParseConfig(testDatabaseURL)
+	if err != nil {
+		panic(err)
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = schema
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		panic(err)
+	}
+	if _, err := pool.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		panic(err)
+	}
+	return pool
+}
+
+// waitIdle waits until no row of ib is due or running.
+func waitIdle(ib *inbox.Inbox) {
+	err := poll(10*time.Second, func() (bool, error) {
+		c, err := ib.Counts(context.Background())
+		return c[inbox.Null]+c[inbox.Failed]+c[inbox.Progress] == 0, err
+	})
+	if err != nil {
+		panic(err)
+	}
+}
+
+// Store events from a broker consumer and process them with two handlers.
+// The redelivered event is stored and processed once.
+func Example() {
+	ctx := context.Background()
+	pool := examplePool()
+	defer pool.Close()
+
+	var mu sync.Mutex
+	var lines []string
+	logLine := func(key string) inbox.Handler {
+		return inbox.HandlerFunc(key, func(_ context.Context, payload []byte) error {
+			mu.Lock()
+			defer mu.Unlock()
+			lines = append(lines, key+": "+string(payload))
+			return nil
+		})
+	}
+	registry := inbox.NewRegistry()
+	registry.On("order_created", logLine("reserve_stock"), logLine("send_email"))
+
+	ib, err := inbox.New(pool, registry,
+		inbox.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := ib.Start(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer ib.Stop(ctx)
+
+	id := uuid.MustParse("7d444840-9dc0-11d1-b245-5ffdce74fad2")
+	for range 2 { // the broker delivers the message twice
+		rec, err := inbox.NewRecord(id, "order_created", []byte(`{"order":42}`))
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		if err := ib.Client().Set(ctx, rec); err != nil {
+			fmt.Println(err) // do not ack: the broker will redeliver
+			return
+		}
+		// ack the message here
+	}
+	waitIdle(ib)
+
+	sort.Strings(lines)
+	for _, l := range lines {
+		fmt.Println(l)
+	}
+	states, _ := ib.Lookup(ctx, id)
+	for _, s := range states {
+		fmt.Println(s.HandlerKey, s.Status, s.Attempts)
+	}
+	// Output:
+	// reserve_stock: {"order":42}
+	// send_email: {"order":42}
+	// reserve_stock done 1
+	// send_email done 1
+}
+
+// A TxHandler writes in the transaction that marks its row done, so its
+// writes happen exactly once even when an attempt fails after writing.
+func ExampleTxHandlerFunc() {
+	ctx := context.Background()
+	pool := examplePool()
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, `CREATE TABLE balances (account text PRIMARY KEY, cents bigint NOT NULL)`); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	failures := 1
+	registry := inbox.NewRegistry()
+	registry.On("deposit", inbox.TxHandlerFunc("credit", func(ctx context.Context, tx pgx.Tx, payload []byte) error {
+		_, err := tx.Exec(ctx, `INSERT INTO balances VALUES ('alice', $1)
+			ON CONFLICT (account) DO UPDATE SET cents = balances.cents + excluded.cents`, string(payload))
+		if err != nil {
+			return err
+		}
+		if failures > 0 { // the first attempt fails after writing: its write rolls back
+			failures--
+			return fmt.Errorf("downstream unavailable")
+		}
+		return nil
+	}))
+	ib, err := inbox.New(pool, registry, inbox.WithRetryBackoff(10*time.Millisecond, 10*time.Millisecond),
+		inbox.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := ib.Start(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer ib.Stop(ctx)
+
+	rec, _ := inbox.NewRecord(uuid.New(), "deposit", []byte("1500"))
+	if err := ib.Client().Set(ctx, rec); err != nil {
+		fmt.Println(err)
+		return
+	}
+	waitIdle(ib)
+
+	var cents int64
+	_ = pool.QueryRow(ctx, `SELECT cents FROM balances WHERE account = 'alice'`).Scan(&cents)
+	states, _ := ib.Lookup(ctx, rec.ID())
+	fmt.Println("balance:", cents)
+	fmt.Println(states[0].Status, "after", states[0].Attempts, "attempts; last error:", states[0].LastError)
+	// Output:
+	// balance: 1500
+	// done after 2 attempts; last error: downstream unavailable
+}
+
+// Bad input is rejected before anything is written, with an error that
+// wraps a sentinel and says what to do.
+func ExampleClient_Set_unknownEventType() {
+	ctx := context.Background()
+	pool := examplePool()
+	defer pool.Close()
+	if err := inbox.Migrate(ctx, pool); err != nil {
+		fmt.Println(err)
+		return
+	}
+	registry := inbox.NewRegistry()
+	registry.On("order_created", inbox.HandlerFunc("h", func(context.Context, []byte) error { return nil }))
+	ib, _ := inbox.New(pool, registry)
+
+	known, _ := inbox.NewRecord(uuid.New(), "order_created", nil)
+	unknown, _ := inbox.NewRecord(uuid.New(), "order_shipped", nil)
+	err := ib.Client().Set(ctx, known, unknown)
+	fmt.Println(errors.Is(err, inbox.ErrUnknownEventType))
+	fmt.Println(err)
+	counts, _ := ib.Counts(ctx)
+	fmt.Println("rows stored:", counts[inbox.Null])
+	// Output:
+	// true
+	// inbox: no handler registered for event type: "order_shipped" (1); nothing was stored. Register a handler with Registry.On, or pass WithUnknownEventTypes(SkipUnknown) to skip such records
+	// rows stored: 0
+}
