@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -72,7 +71,7 @@ func (c *Client) args(records []*Record) ([]any, error) {
 	if len(records) == 0 {
 		return nil, ErrNoRecords
 	}
-	ids := make([]uuid.UUID, 0, len(records))
+	ids := make([][16]byte, 0, len(records)) // binary uuids: uuid.UUID would encode as text
 	types := make([]string, 0, len(records))
 	payloads := make([][]byte, 0, len(records))
 	dates := make([]time.Time, 0, len(records))

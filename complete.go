@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -67,7 +66,7 @@ func (w *worker) drain(batch *[]result) bool {
 
 // rowSet collects the columns of many rows for one set-based statement.
 type rowSet struct {
-	ids      []uuid.UUID
+	ids      [][16]byte // binary uuids: uuid.UUID would encode as text
 	keys     []string
 	attempts []int32
 }
@@ -128,7 +127,7 @@ func (w *worker) flush(ctx context.Context, batch []result) {
 		var written map[rowKey]bool
 		err := w.retry(ctx, "write results", func() error {
 			rows, err := w.ib.pool.Query(ctx, completeSQL, done.ids, done.keys, done.attempts,
-				statuses, errs, dues, w.id)
+				statuses, errs, dues, [16]byte(w.id))
 			if err != nil {
 				return err
 			}
@@ -146,7 +145,7 @@ func (w *worker) flush(ctx context.Context, batch []result) {
 	}
 	if len(back.ids) > 0 {
 		_ = w.retry(ctx, "hand back unstarted rows", func() error {
-			_, err := w.ib.pool.Exec(ctx, releaseSQL, back.ids, back.keys, back.attempts, w.id)
+			_, err := w.ib.pool.Exec(ctx, releaseSQL, back.ids, back.keys, back.attempts, [16]byte(w.id))
 			return err
 		})
 	}
@@ -183,7 +182,7 @@ func (w *worker) retry(ctx context.Context, what string, fn func() error) error 
 func collectKeys(rows pgx.Rows) (map[rowKey]bool, error) {
 	keys := make(map[rowKey]bool)
 	var k rowKey
-	_, err := pgx.ForEachRow(rows, []any{&k.id, &k.key}, func() error {
+	_, err := pgx.ForEachRow(rows, []any{(*[16]byte)(&k.id), &k.key}, func() error {
 		keys[k] = true
 		return nil
 	})
@@ -210,7 +209,7 @@ func (w *worker) renew(ctx context.Context, lastOK time.Time) time.Time {
 	if len(jobs) == 0 {
 		return now
 	}
-	rows, err := w.ib.pool.Query(ctx, renewSQL, set.ids, set.keys, set.attempts, w.id, w.cfg.lease.Milliseconds())
+	rows, err := w.ib.pool.Query(ctx, renewSQL, set.ids, set.keys, set.attempts, [16]byte(w.id), w.cfg.lease.Milliseconds())
 	var kept map[rowKey]bool
 	if err == nil {
 		kept, err = collectKeys(rows)

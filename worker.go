@@ -70,6 +70,9 @@ type worker struct {
 	ctx    context.Context // lives until the worker has stopped
 	cancel context.CancelFunc
 
+	claimCtx    context.Context // ends when stop begins
+	cancelClaim context.CancelFunc
+
 	handlerCtx    context.Context // parent of handler contexts
 	cancelHandler context.CancelCauseFunc
 
@@ -120,8 +123,10 @@ func newWorker(ib *Inbox) *worker {
 func (w *worker) start(ctx context.Context) error {
 	w.ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	w.handlerCtx, w.cancelHandler = context.WithCancelCause(w.ctx)
+	w.claimCtx, w.cancelClaim = context.WithCancel(w.ctx)
 	if err := w.beat(ctx); err != nil {
 		w.cancel()
+		w.cancelClaim()
 		return err
 	}
 	w.claimer.Add(1)
@@ -147,6 +152,7 @@ func (w *worker) start(ctx context.Context) error {
 func (w *worker) stop(ctx context.Context) error {
 	w.stopping.Store(true)
 	close(w.stopClaim)
+	w.cancelClaim()
 	w.claimer.Wait()
 	close(w.stopRun)
 
@@ -299,17 +305,8 @@ func (w *worker) scheduleRetry(at time.Time) {
 // claim claims up to n rows and queues them for the runners. It returns
 // how many rows the statement returned.
 func (w *worker) claim(n int) (int, error) {
-	ctx, cancel := context.WithCancel(w.ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-w.stopClaim:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	rows, err := w.ib.pool.Query(ctx, claimSQL, w.routes.types, w.routes.keys, n,
-		w.cfg.maxAttempts, w.id, w.cfg.lease.Milliseconds(), "lease expired before a result was written (worker stopped or lost the database)")
+	rows, err := w.ib.pool.Query(w.claimCtx, claimSQL, w.routes.types, w.routes.keys, n,
+		w.cfg.maxAttempts, [16]byte(w.id), w.cfg.lease.Milliseconds(), "lease expired before a result was written (worker stopped or lost the database)")
 	if err != nil {
 		return 0, err
 	}
@@ -320,7 +317,7 @@ func (w *worker) claim(n int) (int, error) {
 	}
 	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (claimed, error) {
 		c := claimed{j: &job{}}
-		err := row.Scan(&c.j.id, &c.j.eventType, &c.j.key, &c.j.payload, &c.j.attempts,
+		err := row.Scan((*[16]byte)(&c.j.id), &c.j.eventType, &c.j.key, &c.j.payload, &c.j.attempts,
 			&c.status, &c.rescued, &c.lastError)
 		return c, err
 	})
@@ -492,7 +489,7 @@ func (w *worker) callTx(ctx context.Context, th TxHandler, j *job) (bool, error)
 	if err := th.ProcessTx(ctx, tx, j.payload); err != nil {
 		return false, err
 	}
-	tag, err := tx.Exec(ctx, completeTxSQL, j.id, j.key, w.id, j.attempts)
+	tag, err := tx.Exec(ctx, completeTxSQL, [16]byte(j.id), j.key, [16]byte(w.id), j.attempts)
 	if err != nil {
 		return false, fmt.Errorf("mark done: %w", err)
 	}
