@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,7 +48,35 @@ func runTests(m *testing.M) int {
 	}
 	defer drop(context.Background())
 	testDatabaseURL = url
-	return m.Run()
+	code := m.Run()
+	if code == 0 {
+		if leaked := leakedGoroutines(5 * time.Second); leaked != "" {
+			fmt.Fprintf(os.Stderr, "inbox tests: goroutines still running after all tests:\n%s\n", leaked)
+			return 1
+		}
+	}
+	return code
+}
+
+// leakedGoroutines waits up to d for every goroutine running the package's
+// code or a pgx pool to end, and returns the stacks of those that remain.
+func leakedGoroutines(d time.Duration) string {
+	var leaked []string
+	_ = poll(d, func() (bool, error) {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		leaked = leaked[:0]
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			if strings.Contains(g, "leakedGoroutines") {
+				continue
+			}
+			if strings.Contains(g, "github.com/pginbox/inbox.(*") || strings.Contains(g, "pgxpool.(*Pool)") {
+				leaked = append(leaked, g)
+			}
+		}
+		return len(leaked) == 0, nil
+	})
+	return strings.Join(leaked, "\n\n")
 }
 
 var schemaSeq atomic.Int64
