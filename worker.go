@@ -70,6 +70,9 @@ type worker struct {
 	ctx    context.Context // lives until the worker has stopped
 	cancel context.CancelFunc
 
+	callbackCtx    context.Context // passed to the dead callback; ends after the last call
+	cancelCallback context.CancelFunc
+
 	claimCtx    context.Context // ends when stop begins
 	cancelClaim context.CancelFunc
 
@@ -124,9 +127,11 @@ func (w *worker) start(ctx context.Context) error {
 	w.ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	w.handlerCtx, w.cancelHandler = context.WithCancelCause(w.ctx)
 	w.claimCtx, w.cancelClaim = context.WithCancel(w.ctx)
+	w.callbackCtx, w.cancelCallback = context.WithCancel(context.WithoutCancel(ctx))
 	if err := w.beat(ctx); err != nil {
 		w.cancel()
 		w.cancelClaim()
+		w.cancelCallback()
 		return err
 	}
 	w.claimer.Add(1)
@@ -160,6 +165,7 @@ func (w *worker) stop(ctx context.Context) error {
 	if err != nil {
 		// Hard stop: abandon running handlers to their leases.
 		w.cancelHandler(fmt.Errorf("inbox: Stop's context ended: %w", context.Cause(ctx)))
+		w.cancelCallback()
 		close(w.quit)
 	} else {
 		close(w.results) // runners are gone; the completer flushes and returns
@@ -169,6 +175,7 @@ func (w *worker) stop(ctx context.Context) error {
 	w.background.Wait()
 	close(w.dead)
 	w.callbacks.Wait()
+	w.cancelCallback()
 	if err == nil {
 		// Leave the table as a stopped worker should: no live heartbeat.
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -512,6 +519,6 @@ func (w *worker) sendDead(rec DeadRecord) {
 func (w *worker) deadLoop() {
 	defer w.callbacks.Done()
 	for rec := range w.dead {
-		w.cfg.onDead(w.handlerCtx, rec)
+		w.cfg.onDead(w.callbackCtx, rec)
 	}
 }
