@@ -145,8 +145,8 @@ func (w *worker) flush(ctx context.Context, batch []result) {
 	}
 	if len(back.ids) > 0 {
 		_ = w.retry(ctx, "hand back unstarted rows", func() error {
-			_, err := w.ib.pool.Exec(ctx, releaseSQL, back.ids, back.keys, back.attempts, [16]byte(w.id))
-			return err
+			return w.ib.pool.QueryRow(ctx, releaseSQL, back.ids, back.keys, back.attempts, [16]byte(w.id),
+				w.cfg.notify).Scan(new(int64))
 		})
 	}
 	if lost > 0 {

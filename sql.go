@@ -1,14 +1,16 @@
 package inbox
 
+import "fmt"
+
 // Every statement the package runs. Table names are unqualified: the inbox
 // lives in the schema the connection's search_path resolves to.
 
 // setSQL stores records, one row per registered handler key, in one
-// statement. Rows that exist already are left alone. When asked to and when
-// at least one row was inserted, it notifies idle workers; the constant
-// payload lets PostgreSQL fold all notifications of a transaction into one.
-const setSQL = `
-WITH ins AS (
+// statement. Rows that exist already are left alone. When asked to ($7) and
+// when at least one row was inserted, it notifies idle workers; the
+// constant payload lets PostgreSQL fold all notifications of a transaction
+// into one.
+var setSQL = notifyIfChanged(`
     INSERT INTO inbox_records (event_id, handler_key, event_type, payload, event_date)
     SELECT r.event_id, h.handler_key, r.event_type, r.payload, r.event_date
     FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::timestamptz[])
@@ -16,16 +18,25 @@ WITH ins AS (
     JOIN unnest($5::text[], $6::text[]) AS h(event_type, handler_key)
       ON h.event_type = r.event_type
     ON CONFLICT (event_id, handler_key) DO NOTHING
-    RETURNING 1
+    RETURNING 1`, 7)
+
+// notifyIfChanged wraps a data-changing statement that returns one row per
+// changed row: the result is the number of changed rows, and when the
+// boolean parameter $flag is true and that number is not zero, idle workers
+// on the table's channel are notified.
+func notifyIfChanged(statement string, flag int) string {
+	return fmt.Sprintf(`
+WITH changed AS (%s
 ), n AS (
-    SELECT count(*) AS inserted FROM ins
+    SELECT count(*) AS rows FROM changed
 )
-SELECT n.inserted
+SELECT n.rows
 FROM n
 LEFT JOIN LATERAL (
-    SELECT pg_notify(` + channelExpr + `, '')
-    WHERE $7::bool AND n.inserted > 0
-) notified ON true`
+    SELECT pg_notify(%s, '')
+    WHERE $%d::bool AND n.rows > 0
+) notified ON true`, statement, channelExpr, flag)
+}
 
 // channelExpr names the notification channel of the inbox table in the
 // current schema; a schema name too long for a channel is hashed.
@@ -95,20 +106,21 @@ WHERE event_id = $1 AND handler_key = $2
   AND status = 'progress' AND locked_by = $3 AND attempts = $4`
 
 // releaseSQL hands rows whose handlers never started back to the queue,
-// due now, without counting the attempt.
-const releaseSQL = `
-UPDATE inbox_records AS r
-SET status     = CASE WHEN r.attempts <= 1 THEN '' ELSE 'failed' END,
-    attempts   = r.attempts - 1,
-    locked_by  = NULL,
-    due_at     = now(),
-    updated_at = now()
-FROM unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, attempts)
-WHERE r.event_id = u.event_id
-  AND r.handler_key = u.handler_key
-  AND r.status = 'progress'
-  AND r.locked_by = $4
-  AND r.attempts = u.attempts`
+// due now, without counting the attempt, and (when $5) wakes idle workers.
+var releaseSQL = notifyIfChanged(`
+    UPDATE inbox_records AS r
+    SET status     = CASE WHEN r.attempts <= 1 THEN '' ELSE 'failed' END,
+        attempts   = r.attempts - 1,
+        locked_by  = NULL,
+        due_at     = now(),
+        updated_at = now()
+    FROM unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, attempts)
+    WHERE r.event_id = u.event_id
+      AND r.handler_key = u.handler_key
+      AND r.status = 'progress'
+      AND r.locked_by = $4
+      AND r.attempts = u.attempts
+    RETURNING 1`, 5)
 
 // renewSQL extends the leases worker $4 holds on the given rows and returns
 // the rows it still holds.
