@@ -1,12 +1,19 @@
 package inbox
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // retryDelay is the pause before the attempt after attempt n (n >= 1)
 // failed: d/2 + u·d/2 with d = min(max, base·2^(n-1)) and u in [0, 1).
 func retryDelay(n int, base, max time.Duration, u float64) time.Duration {
 	d := base
 	for i := 1; i < n && d < max; i++ {
+		if d > max/2 { // doubling would pass max (or overflow)
+			d = max
+			break
+		}
 		d *= 2
 	}
 	if d > max || d <= 0 {
@@ -16,7 +23,11 @@ func retryDelay(n int, base, max time.Duration, u float64) time.Duration {
 }
 
 // pollDelay is the pause of an idle worker before its next poll:
-// rate + u·seed·rate/10 with u in [0, 1).
+// rate + u·seed·rate/10 with u in [0, 1), at most the longest Duration.
 func pollDelay(rate time.Duration, seed int, u float64) time.Duration {
-	return rate + time.Duration(u*float64(seed)*float64(rate)/10)
+	d := float64(rate) + u*float64(seed)*float64(rate)/10
+	if d >= math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return time.Duration(d)
 }
