@@ -10,7 +10,7 @@ import "fmt"
 // when at least one row was inserted, it notifies idle workers; the
 // constant payload lets PostgreSQL fold all notifications of a transaction
 // into one.
-var setSQL = notifyIfChanged(`
+var setSQL = notifyIfChanged("", `
     INSERT INTO inbox_records (event_id, handler_key, event_type, payload, event_date)
     SELECT r.event_id, h.handler_key, r.event_type, r.payload, r.event_date
     FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::timestamptz[])
@@ -21,12 +21,16 @@ var setSQL = notifyIfChanged(`
     RETURNING 1`, 7)
 
 // notifyIfChanged wraps a data-changing statement that returns one row per
-// changed row: the result is the number of changed rows, and when the
-// boolean parameter $flag is true and that number is not zero, idle workers
-// on the table's channel are notified.
-func notifyIfChanged(statement string, flag int) string {
+// changed row, after the CTEs in ctes (which may be empty): the result is
+// the number of changed rows, and when the boolean parameter $flag is true
+// and that number is not zero, idle workers on the table's channel are
+// notified.
+func notifyIfChanged(ctes, statement string, flag int) string {
+	if ctes != "" {
+		ctes += ",\n"
+	}
 	return fmt.Sprintf(`
-WITH changed AS (%s
+WITH %schanged AS (%s
 ), n AS (
     SELECT count(*) AS rows FROM changed
 )
@@ -35,7 +39,7 @@ FROM n
 LEFT JOIN LATERAL (
     SELECT pg_notify(%s, '')
     WHERE $%d::bool AND n.rows > 0
-) notified ON true`, statement, channelExpr, flag)
+) notified ON true`, ctes, statement, channelExpr, flag)
 }
 
 // channelExpr names the notification channel of the inbox table in the
@@ -48,12 +52,17 @@ const channelSQL = `SELECT ` + channelExpr
 // claimSQL locks up to $3 due rows of the registered (event type, handler
 // key) pairs, oldest due first, skipping rows other workers hold, and leases
 // them to worker $5 for $6 milliseconds, counting an attempt. A row whose
-// lease expired (its worker died) is claimed again; if it has used up its
-// $4 attempts it becomes dead instead. The MATERIALIZED CTE cannot lock more
-// rows than the limit, and the update reaches the locked rows by ctid.
+// lease expired (its worker died) is claimed again, its lost attempt
+// recorded ($7); if it has used up its $4 attempts it becomes dead instead.
+//
+// The MATERIALIZED CTE cannot lock more rows than the limit. The update
+// reaches the locked rows by ctid = ANY(ARRAY(...)), a TID scan whatever
+// plan the statement gets: joining the CTE back to the table lets a generic
+// plan hash-join the whole table. The old status comes back through a join
+// of the two small CTE results.
 const claimSQL = `
 WITH due AS MATERIALIZED (
-    SELECT ctid, status
+    SELECT ctid, event_id, handler_key, status
     FROM inbox_records
     WHERE status IN ('', 'failed', 'progress')
       AND due_at <= now()
@@ -61,41 +70,68 @@ WITH due AS MATERIALIZED (
     ORDER BY due_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE inbox_records AS r
+    SET status     = CASE WHEN r.attempts >= $4 THEN 'dead' ELSE 'progress' END,
+        attempts   = CASE WHEN r.attempts >= $4 THEN r.attempts ELSE r.attempts + 1 END,
+        last_error = CASE WHEN r.status = 'progress'
+                          THEN 'attempt ' || r.attempts || ': ' || $7::text
+                          ELSE r.last_error END,
+        locked_by  = CASE WHEN r.attempts >= $4 THEN NULL ELSE $5::uuid END,
+        due_at     = CASE WHEN r.attempts >= $4 THEN r.due_at
+                          ELSE now() + $6::bigint * interval '1 millisecond' END,
+        updated_at = now()
+    WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM due))
+    RETURNING r.event_id, r.event_type, r.handler_key, r.payload, r.attempts, r.status, r.last_error
 )
-UPDATE inbox_records AS r
-SET status     = CASE WHEN r.attempts >= $4 THEN 'dead' ELSE 'progress' END,
-    attempts   = CASE WHEN r.attempts >= $4 THEN r.attempts ELSE r.attempts + 1 END,
-    last_error = CASE WHEN due.status = 'progress'
-                      THEN 'attempt ' || r.attempts || ': ' || $7::text
-                      ELSE r.last_error END,
-    locked_by  = CASE WHEN r.attempts >= $4 THEN NULL ELSE $5::uuid END,
-    due_at     = CASE WHEN r.attempts >= $4 THEN r.due_at
-                      ELSE now() + $6::bigint * interval '1 millisecond' END,
-    updated_at = now()
-FROM due
-WHERE r.ctid = due.ctid
-RETURNING r.event_id, r.event_type, r.handler_key, r.payload, r.attempts,
-          r.status, due.status = 'progress', r.last_error`
+SELECT c.event_id, c.event_type, c.handler_key, c.payload, c.attempts, c.status,
+       d.status = 'progress' AS rescued, c.last_error
+FROM claimed c
+JOIN due d ON d.event_id = c.event_id AND d.handler_key = c.handler_key`
 
 // completeSQL writes the results of many attempts in one statement. Each
 // row is written only while worker $7 still holds it for that attempt, so a
 // late writer never overwrites a newer attempt. Null error or due time
 // keeps the stored one.
-const completeSQL = `
+var completeSQL = `
+WITH ` + byKey(`unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[])
+         AS u(event_id, handler_key, attempts, status, last_error, due_at)`) + `
 UPDATE inbox_records AS r
-SET status     = u.status,
-    last_error = coalesce(u.last_error, r.last_error),
-    due_at     = coalesce(u.due_at, r.due_at),
+SET status     = v.status,
+    last_error = coalesce(v.last_error, r.last_error),
+    due_at     = coalesce(v.due_at, r.due_at),
     locked_by  = NULL,
     updated_at = now()
-FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[])
-         AS u(event_id, handler_key, attempts, status, last_error, due_at)
-WHERE r.event_id = u.event_id
-  AND r.handler_key = u.handler_key
-  AND r.status = 'progress'
-  AND r.locked_by = $7
-  AND r.attempts = u.attempts
+FROM v
+WHERE ` + heldBy("$7") + `
 RETURNING r.event_id, r.handler_key`
+
+// byKey is a CTE v of the rows named by the unnest expression u (which has
+// event_id and handler_key columns), with their ctids in row_ctid. Each row
+// is found through the primary key, in a LATERAL subquery whose LIMIT keeps
+// the planner from turning the lookups into a scan of the whole table.
+func byKey(unnest string) string {
+	return `v AS MATERIALIZED (
+    SELECT t.ctid AS row_ctid, u.*
+    FROM ` + unnest + `
+    CROSS JOIN LATERAL (
+        SELECT ctid FROM inbox_records
+        WHERE event_id = u.event_id AND handler_key = u.handler_key
+        LIMIT 1
+    ) t
+)`
+}
+
+// heldBy is the condition, for an UPDATE of inbox_records r FROM byKey's v,
+// that reaches v's rows by a TID scan and keeps those that worker owner
+// still holds for v's attempt. A row updated concurrently fails it.
+func heldBy(owner string) string {
+	return `r.ctid = ANY (ARRAY(SELECT row_ctid FROM v))
+  AND r.ctid = v.row_ctid
+  AND r.status = 'progress'
+  AND r.locked_by = ` + owner + `
+  AND r.attempts = v.attempts`
+}
 
 // completeTxSQL marks one row done inside a TxHandler's transaction, under
 // the same guard as completeSQL.
@@ -107,32 +143,25 @@ WHERE event_id = $1 AND handler_key = $2
 
 // releaseSQL hands rows whose handlers never started back to the queue,
 // due now, without counting the attempt, and (when $5) wakes idle workers.
-var releaseSQL = notifyIfChanged(`
+var releaseSQL = notifyIfChanged(byKey(`unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, attempts)`), `
     UPDATE inbox_records AS r
     SET status     = CASE WHEN r.attempts <= 1 THEN '' ELSE 'failed' END,
         attempts   = r.attempts - 1,
         locked_by  = NULL,
         due_at     = now(),
         updated_at = now()
-    FROM unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, attempts)
-    WHERE r.event_id = u.event_id
-      AND r.handler_key = u.handler_key
-      AND r.status = 'progress'
-      AND r.locked_by = $4
-      AND r.attempts = u.attempts
+    FROM v
+    WHERE `+heldBy("$4")+`
     RETURNING 1`, 5)
 
 // renewSQL extends the leases worker $4 holds on the given rows and returns
 // the rows it still holds.
-const renewSQL = `
+var renewSQL = `
+WITH ` + byKey(`unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, attempts)`) + `
 UPDATE inbox_records AS r
 SET due_at = now() + $5::bigint * interval '1 millisecond'
-FROM unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, attempts)
-WHERE r.event_id = u.event_id
-  AND r.handler_key = u.handler_key
-  AND r.status = 'progress'
-  AND r.locked_by = $4
-  AND r.attempts = u.attempts
+FROM v
+WHERE ` + heldBy("$4") + `
 RETURNING r.event_id, r.handler_key`
 
 // eraseSQL deletes up to $2 done or dead rows last changed before $1.
