@@ -24,10 +24,11 @@ func retryDelay(n int, base, max time.Duration, u float64) time.Duration {
 
 // pollDelay is the pause of an idle worker before its next poll:
 // rate + u·seed·rate/10 with u in [0, 1), at most the longest Duration.
+// Only the jitter goes through float64: the rate is kept exact.
 func pollDelay(rate time.Duration, seed int, u float64) time.Duration {
-	d := float64(rate) + u*float64(seed)*float64(rate)/10
-	if d >= math.MaxInt64 {
+	j := u * float64(seed) * float64(rate) / 10
+	if j >= float64(math.MaxInt64-rate) {
 		return math.MaxInt64
 	}
-	return time.Duration(d)
+	return rate + time.Duration(j)
 }

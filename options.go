@@ -30,6 +30,9 @@ const (
 	// DefaultRetentionDays is how long done and dead rows are kept
 	// ([WithRetention]). Deduplication holds only while rows are kept.
 	DefaultRetentionDays = 60
+	// MaxRetentionDays is the longest retention window [WithRetention]
+	// accepts: 100 years.
+	MaxRetentionDays = 36500
 	// DefaultConcurrency is how many handlers one Inbox runs at once
 	// ([WithConcurrency]).
 	DefaultConcurrency = 100
@@ -148,7 +151,8 @@ func WithIterationRate(dur time.Duration) Option {
 }
 
 // WithIterationSeed sets the jitter added to each poll pause: a random part
-// of up to seed × 10 % of the iteration rate. Seed 0 means no jitter.
+// of up to seed × 10 % of the iteration rate. Seed 0 means no jitter; the
+// most is 100.
 func WithIterationSeed(seed int) Option {
 	return func(c *config) error {
 		c.iterationSeed = seed
@@ -181,7 +185,7 @@ func WithMaxRetryAttempt(maxAttempt int) Option {
 
 // WithRetention sets retention: every eraseInterval, done and dead rows
 // last changed more than windowDays days ago are deleted. Rows that are
-// not finished are never deleted.
+// not finished are never deleted. windowDays is at most [MaxRetentionDays].
 func WithRetention(eraseInterval time.Duration, windowDays int) Option {
 	return func(c *config) error {
 		c.eraseInterval, c.retentionDays = eraseInterval, windowDays
@@ -190,6 +194,10 @@ func WithRetention(eraseInterval time.Duration, windowDays int) Option {
 		}
 		if windowDays < 1 {
 			return invalid("WithRetention", windowDays, "window must be at least 1 day")
+		}
+		if windowDays > MaxRetentionDays {
+			return invalid("WithRetention", windowDays,
+				fmt.Sprintf("window must be at most %d days (MaxRetentionDays)", MaxRetentionDays))
 		}
 		return nil
 	}
@@ -217,19 +225,20 @@ func OnErrorCallback(callback ErrorCallback) Option {
 	}
 }
 
-// WithConcurrency sets how many handlers one Inbox runs at once.
+// WithConcurrency sets how many handlers one Inbox runs at once, from 1 to
+// 100000. Each running [TxHandler] holds a pool connection.
 func WithConcurrency(n int) Option {
 	return func(c *config) error {
 		c.concurrency = n
-		if n < 1 {
-			return invalid("WithConcurrency", n, "must be at least 1")
+		if n < 1 || n > 100000 {
+			return invalid("WithConcurrency", n, "must be between 1 and 100000")
 		}
 		return nil
 	}
 }
 
-// WithBatchSize sets the most rows one claim takes. A worker holds at most
-// concurrency + batch size rows at once.
+// WithBatchSize sets the most rows one claim takes, from 1 to 10000. A
+// worker holds at most concurrency + batch size rows at once.
 func WithBatchSize(n int) Option {
 	return func(c *config) error {
 		c.batchSize = n
@@ -284,13 +293,13 @@ func WithUnknownEventTypes(policy UnknownEventTypes) Option {
 
 // WithLease sets how long a claimed row stays reserved without renewal.
 // Running workers renew their leases every third of it; a row whose worker
-// died becomes claimable again once its lease runs out. It must be at
-// least 300ms.
+// died becomes claimable again once its lease runs out. It must be between
+// 300ms and 24h.
 func WithLease(dur time.Duration) Option {
 	return func(c *config) error {
 		c.lease = dur
-		if dur < 300*time.Millisecond {
-			return invalid("WithLease", dur, "must be at least 300ms")
+		if dur < 300*time.Millisecond || dur > 24*time.Hour {
+			return invalid("WithLease", dur, "must be between 300ms and 24h")
 		}
 		return nil
 	}

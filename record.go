@@ -29,8 +29,9 @@ type Record struct {
 // handlers registered with [Registry.On]. payload is the received body; it
 // may be empty. eventDate is when the event occurred; it defaults to now.
 //
-// The error wraps [ErrInvalidRecord] when id is [uuid.Nil], or eventType is
-// blank, longer than [MaxEventTypeLength] bytes or not valid UTF-8 text.
+// The error wraps [ErrInvalidRecord] when id is [uuid.Nil], eventType is
+// blank, longer than [MaxEventTypeLength] bytes or not valid UTF-8 text, or
+// eventDate is the zero time or outside the years 1 to 9999.
 func NewRecord(id uuid.UUID, eventType string, payload []byte, eventDate ...time.Time) (*Record, error) {
 	if len(eventDate) > 1 {
 		return nil, fmt.Errorf("%w: got %d event dates, want at most one", ErrInvalidRecord, len(eventDate))
@@ -74,6 +75,10 @@ func (r *Record) validate() error {
 	if r.eventDate.IsZero() {
 		return fmt.Errorf("%w: event %s has no event date; build records with NewRecord", ErrInvalidRecord, r.id)
 	}
+	if y := r.eventDate.UTC().Year(); y < 1 || y > 9999 {
+		return fmt.Errorf("%w: event %s: event date %s is outside the years 1 to 9999",
+			ErrInvalidRecord, r.id, r.eventDate.UTC().Format(time.RFC3339Nano))
+	}
 	return nil
 }
 
@@ -84,8 +89,10 @@ func validateName(what, s string) error {
 		return fmt.Errorf("%s %q is blank", what, s)
 	case len(s) > MaxEventTypeLength:
 		return fmt.Errorf("%s is %d bytes long, the limit is %d", what, len(s), MaxEventTypeLength)
-	case !utf8.ValidString(s) || strings.ContainsRune(s, 0):
+	case !utf8.ValidString(s):
 		return fmt.Errorf("%s %q is not valid UTF-8 text", what, s)
+	case strings.ContainsRune(s, 0):
+		return fmt.Errorf("%s %q contains a NUL byte, which PostgreSQL text cannot hold", what, s)
 	}
 	return nil
 }

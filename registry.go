@@ -109,8 +109,9 @@ func NewRegistry() *Registry {
 // order_created event, one per handler key, and runs both handlers.
 //
 // On records, rather than ignores, every mistake: a blank event type, no
-// handlers, a nil handler, a blank key, or a key already registered for the
-// event type. [New] then rejects the registry with an error wrapping
+// handlers, a nil handler, a HandlerFunc or TxHandlerFunc with a nil
+// function, a blank key, or a key already registered for the event type.
+// [New] then rejects the registry with an error wrapping
 // [ErrInvalidRegistry] that lists them.
 func (r *Registry) On(eventType string, handlers ...Handler) {
 	r.mu.Lock()
@@ -136,6 +137,10 @@ func (r *Registry) On(eventType string, handlers ...Handler) {
 			r.errs = append(r.errs, fmt.Errorf("event type %q: %w", eventType, err))
 			continue
 		}
+		if nilFunc(h) {
+			r.errs = append(r.errs, fmt.Errorf("event type %q: handler %q has a nil function", eventType, key))
+			continue
+		}
 		if t, ok := h.(timeouter); ok && t.Timeout() <= 0 {
 			r.errs = append(r.errs, fmt.Errorf("event type %q: handler %q: Timeout() is %v, must be positive", eventType, key, t.Timeout()))
 			continue
@@ -146,6 +151,17 @@ func (r *Registry) On(eventType string, handlers ...Handler) {
 		}
 		r.handlers[eventType] = append(r.handlers[eventType], h)
 	}
+}
+
+// nilFunc reports a HandlerFunc or TxHandlerFunc made with a nil function.
+func nilFunc(h Handler) bool {
+	switch f := h.(type) {
+	case funcHandler:
+		return f.fn == nil
+	case txFuncHandler:
+		return f.fn == nil
+	}
+	return false
 }
 
 func (r *Registry) has(eventType, key string) bool {

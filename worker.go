@@ -232,7 +232,7 @@ func sleep(d time.Duration, done <-chan struct{}) bool {
 // claimLoop claims rows while there is room, polling when idle.
 func (w *worker) claimLoop() {
 	defer w.claimer.Done()
-	minClaim := max(1, min(w.cfg.batchSize, w.capacity)/4)
+	minClaim := max(1, w.cfg.batchSize/2)
 	failures := 0
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -421,7 +421,8 @@ func (w *worker) execute(j *job) {
 	w.mu.Lock()
 	lost := j.lost
 	j.started, j.cancel = true, cancel
-	j.renewUntil = time.Now().Add(j.timeout + w.grace())
+	// Time.Add saturates; j.timeout + w.grace() overflows for the longest timeouts.
+	j.renewUntil = time.Now().Add(j.timeout).Add(w.grace())
 	w.mu.Unlock()
 	if lost {
 		w.finish(result{job: j, lost: true})
