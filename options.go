@@ -37,7 +37,7 @@ const (
 	// ([WithConcurrency]).
 	DefaultConcurrency = 100
 	// DefaultBatchSize is the most rows one claim takes ([WithBatchSize]).
-	DefaultBatchSize = 200
+	DefaultBatchSize = 500
 	// DefaultLease is how long a claimed row stays reserved for its worker
 	// without a renewal ([WithLease]). Workers renew the leases of their
 	// rows every third of it, so a row whose worker died is claimable again
