@@ -42,7 +42,7 @@ func (c *Client) Set(ctx context.Context, records ...*Record) error {
 	if err != nil || args == nil {
 		return err
 	}
-	if err := c.pool.QueryRow(ctx, setSQL, args...).Scan(new(int64)); err != nil {
+	if _, err := c.pool.Exec(ctx, setSQL, args...); err != nil {
 		return fmt.Errorf("inbox: set %d records: %w", len(records), err)
 	}
 	return nil
@@ -59,7 +59,7 @@ func (c *Client) SetTx(ctx context.Context, tx pgx.Tx, records ...*Record) error
 	if err != nil || args == nil {
 		return err
 	}
-	if err := tx.QueryRow(ctx, setSQL, args...).Scan(new(int64)); err != nil {
+	if _, err := tx.Exec(ctx, setSQL, args...); err != nil {
 		return fmt.Errorf("inbox: set %d records in transaction: %w", len(records), err)
 	}
 	return nil
@@ -71,16 +71,19 @@ func (c *Client) args(records []*Record) ([]any, error) {
 	if len(records) == 0 {
 		return nil, ErrNoRecords
 	}
-	ids := make([][16]byte, 0, len(records)) // binary uuids: uuid.UUID would encode as text
-	types := make([]string, 0, len(records))
-	payloads := make([][]byte, 0, len(records))
-	dates := make([]time.Time, 0, len(records))
+	// One row per (record, handler key). Binary uuids: uuid.UUID would
+	// encode as text.
+	var ids [][16]byte
+	var keys, types []string
+	var payloads [][]byte
+	var dates []time.Time
 	var unknown map[string]int
 	for i, r := range records {
 		if err := r.validate(); err != nil {
 			return nil, fmt.Errorf("record %d: %w", i, err)
 		}
-		if _, ok := c.routes.byType[r.eventType]; !ok {
+		handlers, ok := c.routes.byType[r.eventType]
+		if !ok {
 			if unknown == nil {
 				unknown = make(map[string]int)
 			}
@@ -91,10 +94,13 @@ func (c *Client) args(records []*Record) ([]any, error) {
 		if payload == nil {
 			payload = []byte{}
 		}
-		ids = append(ids, r.id)
-		types = append(types, r.eventType)
-		payloads = append(payloads, payload)
-		dates = append(dates, r.eventDate)
+		for _, h := range handlers {
+			ids = append(ids, r.id)
+			keys = append(keys, h.Key())
+			types = append(types, r.eventType)
+			payloads = append(payloads, payload)
+			dates = append(dates, r.eventDate)
+		}
 	}
 	if len(unknown) > 0 {
 		names := make([]string, 0, len(unknown))
@@ -111,5 +117,5 @@ func (c *Client) args(records []*Record) ([]any, error) {
 			return nil, nil
 		}
 	}
-	return []any{ids, types, payloads, dates, c.routes.types, c.routes.keys, c.notify}, nil
+	return []any{ids, keys, types, payloads, dates, c.notify}, nil
 }

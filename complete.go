@@ -145,8 +145,8 @@ func (w *worker) flush(ctx context.Context, batch []result) {
 	}
 	if len(back.ids) > 0 {
 		_ = w.retry(ctx, "hand back unstarted rows", func() error {
-			return w.ib.pool.QueryRow(ctx, releaseSQL, back.ids, back.keys, back.attempts, [16]byte(w.id),
-				w.cfg.notify).Scan(new(int64))
+			_, err := w.ib.pool.Exec(ctx, releaseSQL, back.ids, back.keys, back.attempts, [16]byte(w.id), w.cfg.notify)
+			return err
 		})
 	}
 	if lost > 0 {

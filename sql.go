@@ -1,45 +1,23 @@
 package inbox
 
-import "fmt"
-
 // Every statement the package runs. Table names are unqualified: the inbox
 // lives in the schema the connection's search_path resolves to.
 
-// setSQL stores records, one row per registered handler key, in one
-// statement. Rows that exist already are left alone. When asked to ($7) and
-// when at least one row was inserted, it notifies idle workers; the
-// constant payload lets PostgreSQL fold all notifications of a transaction
-// into one.
-var setSQL = notifyIfChanged("", `
-    INSERT INTO inbox_records (event_id, handler_key, event_type, payload, event_date)
-    SELECT r.event_id, h.handler_key, r.event_type, r.payload, r.event_date
-    FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::timestamptz[])
-             AS r(event_id, event_type, payload, event_date)
-    JOIN unnest($5::text[], $6::text[]) AS h(event_type, handler_key)
-      ON h.event_type = r.event_type
-    ON CONFLICT (event_id, handler_key) DO NOTHING
-    RETURNING 1`, 7)
+// setSQL stores rows, one per (record, registered handler key), in one
+// statement; rows that exist already are left alone. When asked to ($6),
+// each inserted row notifies idle workers: PostgreSQL folds the identical
+// notifications of a transaction into one, delivered at commit, and sends
+// none when nothing was inserted.
+var setSQL = `
+INSERT INTO inbox_records (event_id, handler_key, event_type, payload, event_date)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::timestamptz[])
+ON CONFLICT (event_id, handler_key) DO NOTHING
+RETURNING ` + notifyIf("$6")
 
-// notifyIfChanged wraps a data-changing statement that returns one row per
-// changed row, after the CTEs in ctes (which may be empty): the result is
-// the number of changed rows, and when the boolean parameter $flag is true
-// and that number is not zero, idle workers on the table's channel are
-// notified.
-func notifyIfChanged(ctes, statement string, flag int) string {
-	if ctes != "" {
-		ctes += ",\n"
-	}
-	return fmt.Sprintf(`
-WITH %schanged AS (%s
-), n AS (
-    SELECT count(*) AS rows FROM changed
-)
-SELECT n.rows
-FROM n
-LEFT JOIN LATERAL (
-    SELECT pg_notify(%s, '')
-    WHERE $%d::bool AND n.rows > 0
-) notified ON true`, ctes, statement, channelExpr, flag)
+// notifyIf is a RETURNING expression that notifies the table's channel
+// when the boolean parameter flag is true.
+func notifyIf(flag string) string {
+	return `CASE WHEN ` + flag + `::bool THEN pg_notify(` + channelExpr + `, '') END`
 }
 
 // channelExpr names the notification channel of the inbox table in the
@@ -143,16 +121,17 @@ WHERE event_id = $1 AND handler_key = $2
 
 // releaseSQL hands rows whose handlers never started back to the queue,
 // due now, without counting the attempt, and (when $5) wakes idle workers.
-var releaseSQL = notifyIfChanged(byKey(`unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, attempts)`), `
-    UPDATE inbox_records AS r
-    SET status     = CASE WHEN r.attempts <= 1 THEN '' ELSE 'failed' END,
-        attempts   = r.attempts - 1,
-        locked_by  = NULL,
-        due_at     = now(),
-        updated_at = now()
-    FROM v
-    WHERE `+heldBy("$4")+`
-    RETURNING 1`, 5)
+var releaseSQL = `
+WITH ` + byKey(`unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, attempts)`) + `
+UPDATE inbox_records AS r
+SET status     = CASE WHEN r.attempts <= 1 THEN '' ELSE 'failed' END,
+    attempts   = r.attempts - 1,
+    locked_by  = NULL,
+    due_at     = now(),
+    updated_at = now()
+FROM v
+WHERE ` + heldBy("$4") + `
+RETURNING ` + notifyIf("$5")
 
 // renewSQL extends the leases worker $4 holds on the given rows and returns
 // the rows it still holds.
