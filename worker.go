@@ -98,7 +98,7 @@ type worker struct {
 	mu   sync.Mutex
 	held map[rowKey]*job // claimed rows whose result is not yet written
 
-	claimer, runners, completer, background, handlers, callbacks sync.WaitGroup
+	claimer, runners, completer, background, callbacks sync.WaitGroup
 }
 
 func newWorker(ib *Inbox) *worker {
@@ -161,7 +161,7 @@ func (w *worker) stop(ctx context.Context) error {
 	w.claimer.Wait()
 	close(w.stopRun)
 
-	err := waitCtx(ctx, &w.runners, &w.handlers)
+	err := waitCtx(ctx, &w.runners)
 	if err != nil {
 		// Hard stop: abandon running handlers to their leases.
 		w.cancelHandler(fmt.Errorf("inbox: Stop's context ended: %w", context.Cause(ctx)))
@@ -376,7 +376,9 @@ func (w *worker) runLoop() {
 				w.finish(result{job: j, released: true})
 				continue
 			}
-			w.execute(j)
+			if !w.execute(j) {
+				return // abandoned: another runner has taken this one's place
+			}
 		}
 	}
 }
@@ -412,8 +414,12 @@ func (w *worker) grace() time.Duration {
 	return min(w.cfg.lease/3, time.Second)
 }
 
-// execute runs one handler with its timeout, recovering panics.
-func (w *worker) execute(j *job) {
+// execute runs one handler in the calling runner, with its timeout,
+// recovering panics. A handler that has not returned a grace period after
+// its context ended is abandoned: its attempt is recorded as failed, a new
+// runner takes this one's place, and execute reports false when the handler
+// finally returns, so that this runner exits.
+func (w *worker) execute(j *job) bool {
 	ctx, cancel := context.WithCancelCause(w.handlerCtx)
 	tctx, cancelTimeout := context.WithTimeoutCause(ctx, j.timeout, ErrHandlerTimeout)
 	defer cancelTimeout()
@@ -426,45 +432,54 @@ func (w *worker) execute(j *job) {
 	w.mu.Unlock()
 	if lost {
 		w.finish(result{job: j, lost: true})
-		return
+		return true
 	}
 
-	type outcome struct {
-		written bool
-		err     error
-	}
-	done := make(chan outcome, 1)
-	w.handlers.Add(1)
-	go func() {
-		defer w.handlers.Done()
-		written, err := w.call(tctx, j)
-		done <- outcome{written, err}
-	}()
-	var out outcome
-	select {
-	case out = <-done:
-	case <-tctx.Done():
-		select {
-		case out = <-done:
-		case <-time.After(w.grace()):
-			out.err = fmt.Errorf("handler did not return within %v of its context ending: %w", w.grace(), context.Cause(tctx))
+	var state atomic.Int32 // running, then returned or abandoned
+	const running, returned, abandoned = 0, 1, 2
+	stopWatch := context.AfterFunc(tctx, func() {
+		time.AfterFunc(w.grace(), func() {
+			if !state.CompareAndSwap(running, abandoned) {
+				return
+			}
 			w.log.Warn("inbox: handler ignores its context; abandoning it", "event_id", j.id, "handler_key", j.key)
-		}
+			w.runners.Add(1)
+			go w.runLoop()
+			w.finish(result{job: j, err: w.failure(j, tctx, fmt.Errorf("handler did not return within %v of its context ending", w.grace()))})
+		})
+	})
+	written, err := w.call(tctx, j)
+	stopWatch()
+	if !state.CompareAndSwap(running, returned) {
+		return false
 	}
-	r := result{job: j, written: out.written, err: out.err}
+	r := result{job: j, written: written}
 	switch {
-	case out.err == nil:
-	case errors.Is(out.err, ErrLeaseLost):
+	case err == nil:
+	case errors.Is(err, ErrLeaseLost):
 		r.lost = true
-	case tctx.Err() != nil:
-		cause := context.Cause(tctx)
-		if errors.Is(cause, ErrHandlerTimeout) {
-			r.err = fmt.Errorf("%w after %v: %w", ErrHandlerTimeout, j.timeout, out.err)
-		} else if !errors.Is(out.err, cause) {
-			r.err = fmt.Errorf("%w: %w", cause, out.err)
-		}
+	default:
+		r.err = w.failure(j, tctx, err)
 	}
 	w.finish(r)
+	return true
+}
+
+// failure is the error recorded for a failed attempt: when the handler's
+// context ended, it says why.
+func (w *worker) failure(j *job, ctx context.Context, err error) error {
+	if ctx.Err() == nil {
+		return err
+	}
+	cause := context.Cause(ctx)
+	switch {
+	case errors.Is(cause, ErrHandlerTimeout):
+		return fmt.Errorf("%w after %v: %w", ErrHandlerTimeout, j.timeout, err)
+	case errors.Is(err, cause):
+		return err
+	default:
+		return fmt.Errorf("%w: %w", cause, err)
+	}
 }
 
 // call runs the handler, turning a panic into a PanicError.
