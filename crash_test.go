@@ -90,15 +90,14 @@ func crashChild(t *testing.T, pool *pgxpool.Pool, schema string, n, attempt int)
 	}
 }
 
-// A worker process killed mid-handler loses no row: once the lease runs
-// out another instance claims the rows and runs them, the dead attempt
-// counted and recorded.
-func TestCrashRecovery(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
+// crashSetup gives a crash test a migrated schema, a pool in it, a
+// counting handler for "crash" events and an inbox (not started) to store
+// them with.
+func crashSetup(t *testing.T) (string, *pgxpool.Pool, *runs, *inbox.Registry, *inbox.Inbox) {
+	t.Helper()
 	schema := newSchema(t)
 	pool := schemaPool(t, schema, 10)
-	if err := inbox.Migrate(ctx, pool); err != nil {
+	if err := inbox.Migrate(context.Background(), pool); err != nil {
 		t.Fatal(err)
 	}
 	r := newRuns()
@@ -108,6 +107,16 @@ func TestCrashRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return schema, pool, r, reg, writer
+}
+
+// A worker process killed mid-handler loses no row: once the lease runs
+// out another instance claims the rows and runs them, the dead attempt
+// counted and recorded.
+func TestCrashRecovery(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	schema, pool, r, reg, writer := crashSetup(t)
 	const n = 50
 	var ids []uuid.UUID
 	var recs []*inbox.Record
@@ -147,18 +156,7 @@ func TestCrashRecovery(t *testing.T) {
 func TestPoisonRowDies(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	schema := newSchema(t)
-	pool := schemaPool(t, schema, 10)
-	if err := inbox.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	r := newRuns()
-	reg := inbox.NewRegistry()
-	reg.On("crash", r.handler("h"))
-	writer, err := inbox.New(pool, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	schema, pool, r, reg, writer := crashSetup(t)
 	id := uuid.New()
 	if err := writer.Client().Set(ctx, record(t, id, "crash", "poison")); err != nil {
 		t.Fatal(err)
