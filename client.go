@@ -33,6 +33,12 @@ type Client struct {
 // not an error. Once Set returns nil the records are durable and the
 // message may be acknowledged to the broker.
 //
+// If Set returns an error (the database unreachable or restarting, ctx
+// done), do not acknowledge the message: retry Set or let the broker
+// redeliver. Retrying is always safe, even when the connection broke while
+// the rows were committing: rows that did get stored are then ignored as
+// duplicates.
+//
 // Set checks every record before writing anything. It fails with an error
 // wrapping [ErrNoRecords] for no records, [ErrInvalidRecord] for a nil or
 // malformed record, and [ErrUnknownEventType] for an event type with no
