@@ -1,0 +1,130 @@
+package inbox_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pginbox/inbox"
+)
+
+// The benchmarks store b.N events of one type with one handler, so one row
+// per event, in Set batches of 1,000. Run them with a fixed count, e.g.
+//
+//	go test -run '^$' -bench . -benchtime 20000x
+//
+// cmd/inboxbench measures the same against raw-SQL floors.
+
+const benchSetBatch = 1000
+
+// benchBatches returns n records in batches of at most benchSetBatch.
+func benchBatches(b *testing.B, n int) [][]*inbox.Record {
+	b.Helper()
+	var batches [][]*inbox.Record
+	for start := 0; start < n; start += benchSetBatch {
+		batch := make([]*inbox.Record, min(benchSetBatch, n-start))
+		for i := range batch {
+			batch[i] = record(b, uuid.New(), "bench", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+		}
+		batches = append(batches, batch)
+	}
+	return batches
+}
+
+// benchSet stores batches with Set.
+func benchSet(b *testing.B, c *inbox.Client, batches [][]*inbox.Record) {
+	b.Helper()
+	for _, batch := range batches {
+		if err := c.Set(context.Background(), batch...); err != nil {
+			b.Fatalf("Set: %v", err)
+		}
+	}
+}
+
+// BenchmarkSet measures Set: b.N events in batches of 1,000, each batch one
+// call and one transaction.
+func BenchmarkSet(b *testing.B) {
+	pool := newPool(b)
+	reg := inbox.NewRegistry()
+	reg.On("bench", inbox.HandlerFunc("noop", func(context.Context, []byte) error { return nil }))
+	ib, err := inbox.New(pool, reg, inbox.WithLogger(quiet(b)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	batches := benchBatches(b, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	benchSet(b, ib.Client(), batches)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// BenchmarkDrain measures processing: b.N events are stored first, then
+// the timer runs from Start until a no-op handler has run for every event
+// and no row is left unfinished.
+func BenchmarkDrain(b *testing.B) {
+	pool := newPool(b)
+	var runs atomic.Int64
+	all := make(chan struct{})
+	target := int64(b.N)
+	reg := inbox.NewRegistry()
+	reg.On("bench", inbox.HandlerFunc("noop", func(context.Context, []byte) error {
+		if runs.Add(1) == target {
+			close(all)
+		}
+		return nil
+	}))
+	ib, err := inbox.New(pool, reg, inbox.WithLogger(quiet(b)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchSet(b, ib.Client(), benchBatches(b, b.N))
+	if _, err := pool.Exec(context.Background(), "VACUUM ANALYZE inbox_records"); err != nil {
+		b.Fatal(err)
+	}
+
+	b.ReportAllocs()
+	b.ResetTimer()
+	if err := ib.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	select {
+	case <-all:
+	case <-time.After(10 * time.Minute):
+		b.Fatalf("%d of %d handler runs after 10 minutes", runs.Load(), b.N)
+	}
+	if err := poll(time.Minute, func() (bool, error) { return !unfinished(b, pool), nil }); err != nil {
+		b.Fatalf("waiting for every row to be done: %v", err)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := ib.Stop(ctx); err != nil {
+		b.Fatalf("Stop: %v", err)
+	}
+	counts, err := ib.Counts(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if counts[inbox.Done] != b.N || runs.Load() != target {
+		b.Fatalf("%d handler runs, counts %v; want %d runs and %d done", runs.Load(), counts, b.N, b.N)
+	}
+}
+
+// unfinished reports whether a row is still to be processed or running.
+func unfinished(b *testing.B, pool *pgxpool.Pool) bool {
+	b.Helper()
+	var busy bool
+	err := pool.QueryRow(context.Background(),
+		`SELECT EXISTS (SELECT 1 FROM inbox_records WHERE status IN ('', 'failed', 'progress'))`).Scan(&busy)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return busy
+}

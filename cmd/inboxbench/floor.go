@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// The floors: the least a hand-written program would do on the same table
+// (schema bench_floor, same migration) to get the same effect.
+
+var copyColumns = []string{"event_id", "handler_key", "event_type", "payload", "event_date"}
+
+// floorCopy COPYs n rows into the floor table, 1,000 rows per CopyFrom
+// (each its own transaction, like one Set call), and returns the time spent
+// in CopyFrom.
+func (b *bench) floorCopy(ctx context.Context, n int) (time.Duration, error) {
+	var took time.Duration
+	for start := 0; start < n; start += setBatch {
+		now := time.Now()
+		rows := make([][]any, min(setBatch, n-start))
+		for i := range rows {
+			rows[i] = []any{uuid.New(), handlerKey, eventType, payload(start + i), now}
+		}
+		t := time.Now()
+		if _, err := b.floor.CopyFrom(ctx, pgx.Identifier{"inbox_records"}, copyColumns, pgx.CopyFromRows(rows)); err != nil {
+			return 0, fmt.Errorf("copy: %w", err)
+		}
+		took += time.Since(t)
+	}
+	return took, nil
+}
+
+const floorClaimSQL = `
+WITH c AS MATERIALIZED (
+    SELECT ctid FROM inbox_records
+    WHERE status IN ('', 'failed', 'progress') AND due_at <= now()
+    ORDER BY due_at
+    LIMIT 500
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE inbox_records AS r
+SET status = 'progress', attempts = r.attempts + 1, locked_by = $1,
+    due_at = now() + interval '5 seconds', updated_at = now()
+WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM c))
+RETURNING r.ctid, r.payload`
+
+const floorDoneSQL = `
+UPDATE inbox_records
+SET status = 'done', locked_by = NULL, updated_at = now()
+WHERE ctid = ANY ($1::tid[])`
+
+// floorNoop is called once per claimed row; a variable so the call is not
+// optimised away.
+var floorNoop = func([]byte) {}
+
+// floorDrain drains the floor table on one connection: claim 500 rows,
+// call a no-op per row, mark the batch done in one statement, until a
+// claim returns nothing. It returns the time taken and the rows drained.
+//
+// Both statements reach rows by ctid = ANY(array), which the planner can
+// only run as a TID scan: a join of the CTE back to the table (r.ctid =
+// c.ctid) becomes a hash join over a sequential scan of the whole table
+// whenever that looks cheaper than the TID lookups, as it does below about
+// 100,000 rows. The claim's new ctid stays valid for the done UPDATE: only
+// this connection updates a claimed row.
+func (b *bench) floorDrain(ctx context.Context) (time.Duration, int, error) {
+	conn, err := b.floor.Acquire(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer conn.Release()
+	worker := uuid.New()
+	tids := make([]pgtype.TID, 0, 500)
+	total := 0
+	t0 := time.Now()
+	for {
+		rows, err := conn.Query(ctx, floorClaimSQL, worker)
+		if err != nil {
+			return 0, 0, fmt.Errorf("claim: %w", err)
+		}
+		tids = tids[:0]
+		var tid pgtype.TID
+		var p []byte
+		for rows.Next() {
+			if err := rows.Scan(&tid, &p); err != nil {
+				rows.Close()
+				return 0, 0, err
+			}
+			floorNoop(p)
+			tids = append(tids, tid)
+		}
+		if err := rows.Err(); err != nil {
+			return 0, 0, fmt.Errorf("claim: %w", err)
+		}
+		if len(tids) == 0 {
+			return time.Since(t0), total, nil
+		}
+		if _, err := conn.Exec(ctx, floorDoneSQL, tids); err != nil {
+			return 0, 0, fmt.Errorf("done: %w", err)
+		}
+		total += len(tids)
+	}
+}
+
+const floorInsertSQL = `
+INSERT INTO inbox_records (event_id, handler_key, event_type, payload, event_date)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT DO NOTHING`
+
+// floorInsert stores one row in its own transaction.
+func (b *bench) floorInsert(ctx context.Context, seq int) error {
+	_, err := b.floor.Exec(ctx, floorInsertSQL, uuid.New(), handlerKey, eventType, payload(seq), time.Now())
+	return err
+}
+
+// floorNotify measures raw LISTEN/NOTIFY: a listener connection blocked in
+// WaitForNotification, and a writer that inserts a row and notifies in one
+// transaction, n times every interval. It returns each latency from the
+// writer's commit returning to the listener waking.
+func (b *bench) floorNotify(ctx context.Context, n int, interval time.Duration) ([]time.Duration, error) {
+	cfg := b.floor.Config().ConnConfig.Copy()
+	listener, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer listener.Close(context.Background())
+	if _, err := listener.Exec(ctx, "LISTEN bench_floor"); err != nil {
+		return nil, err
+	}
+	base := time.Now()
+	woke := make([]atomic.Int64, n)
+	committed := make([]time.Duration, n)
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		for got := 0; got < n; {
+			note, err := listener.WaitForNotification(lctx)
+			if err != nil {
+				done <- err
+				return
+			}
+			at := time.Since(base)
+			seq, err := strconv.Atoi(note.Payload)
+			if err != nil || seq < 0 || seq >= n {
+				continue
+			}
+			woke[seq].Store(int64(at))
+			got++
+		}
+		done <- nil
+	}()
+
+	start := time.Now()
+	for i := range n {
+		time.Sleep(time.Until(start.Add(time.Duration(i) * interval)))
+		tx, err := b.floor.Begin(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, floorInsertSQL, uuid.New(), handlerKey, eventType, payload(i), time.Now()); err != nil {
+			_ = tx.Rollback(ctx)
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, "SELECT pg_notify('bench_floor', $1)", strconv.Itoa(i)); err != nil {
+			_ = tx.Rollback(ctx)
+			return nil, err
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return nil, err
+		}
+		committed[i] = time.Since(base)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			return nil, fmt.Errorf("listener: %w", err)
+		}
+	case <-time.After(30 * time.Second):
+		return nil, fmt.Errorf("listener: notifications missing after 30s")
+	}
+	lat := make([]time.Duration, n)
+	for i := range lat {
+		lat[i] = time.Duration(woke[i].Load()) - committed[i]
+	}
+	return lat, nil
+}

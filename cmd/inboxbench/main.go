@@ -1,0 +1,284 @@
+// Command inboxbench measures the inbox library against raw-SQL floors on
+// the same table shape.
+//
+// It creates one database (on the server pgserver.Find returns, or on the
+// server given with -url), migrates the inbox schema twice, into schema
+// bench_lib for the library and bench_floor for hand-written SQL, and runs
+// the workloads below, printing for each the library's figure, the floor
+// measured right then, their ratio and the target:
+//
+//	W1    Set N events in batches of 1,000, then drain them with a no-op
+//	      handler; floors: COPY of the same rows, and a claim-500 /
+//	      no-op / set-based-done SQL loop. Full size repeats it with
+//	      100,000 and 1,000,000 events to show how drain scales.
+//	W1b   one Set per event, each its own transaction; floor: one
+//	      INSERT ... ON CONFLICT DO NOTHING per transaction.
+//	W2    latency from Set's commit to handler start on an idle worker;
+//	      floor: raw LISTEN/NOTIFY.
+//	W3    4 Inbox instances in separate processes draining one table,
+//	      against 1; proves no (event, handler) ran twice.
+//	Idle  PostgreSQL CPU used by an idle worker on a table of finished
+//	      rows; floor: the same window without a worker.
+//
+// Usage:
+//
+//	go run ./cmd/inboxbench [-size small|full] [-only W1,W1b,W2,W3,Idle] [-url URL]
+//
+// -size small finishes in well under a minute (for CI); -size full is the
+// real measurement and takes several minutes. -url names a PostgreSQL
+// server (a postgres:// URL of a role allowed to create databases); the
+// benchmark creates its own database there and drops it at the end.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/pgserver"
+)
+
+// size holds the event counts and windows of one -size.
+type size struct {
+	name       string
+	w1         []int         // W1 drain sizes; the first is the reference
+	w1b        int           // W1b: sequential one-event Sets
+	w2         int           // W2: events sent 20 ms apart
+	w3         int           // W3: events drained by 1 and by 4 processes
+	idleRows   int           // Idle: done rows kept in the table
+	idleWindow time.Duration // Idle: measurement window
+}
+
+var sizes = map[string]size{
+	"small": {name: "small", w1: []int{20_000}, w1b: 300, w2: 50, w3: 10_000,
+		idleRows: 100_000, idleWindow: 3 * time.Second},
+	"full": {name: "full", w1: []int{20_000, 100_000, 1_000_000}, w1b: 2_000, w2: 200, w3: 100_000,
+		idleRows: 1_000_000, idleWindow: 10 * time.Second},
+}
+
+// workloads in the order they run.
+var workloads = []string{"W1", "W1b", "W2", "W3", "Idle"}
+
+const (
+	libSchema   = "bench_lib"
+	floorSchema = "bench_floor"
+)
+
+// bench is what every workload needs.
+type bench struct {
+	size     size
+	dbURL    string
+	lib      *pgxpool.Pool // search_path bench_lib: the library's table
+	floor    *pgxpool.Pool // search_path bench_floor: the floors' table
+	log      *slog.Logger
+	out      io.Writer
+	canCkpt  bool // the role may run CHECKPOINT
+	summary  []summaryLine
+	exitCode int
+}
+
+func main() {
+	worker := flag.Bool("worker", false, "internal: run as a W3 worker process")
+	workerOut := flag.String("worker-out", "", "internal: file a W3 worker writes its handler runs to")
+	sizeFlag := flag.String("size", "small", "small (CI smoke test, under a minute) or full (the real measurement)")
+	only := flag.String("only", "", "comma-separated workloads to run: "+strings.Join(workloads, ","))
+	serverURL := flag.String("url", "", "PostgreSQL server URL to create the benchmark database on (default: pgserver.Find)")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: inboxbench [-size small|full] [-only W1,W1b,W2,W3,Idle] [-url URL]\n")
+		flag.VisitAll(func(f *flag.Flag) {
+			if !strings.HasPrefix(f.Name, "worker") {
+				fmt.Fprintf(flag.CommandLine.Output(), "  -%s\t%s (default %q)\n", f.Name, f.Usage, f.DefValue)
+			}
+		})
+	}
+	flag.Parse()
+
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	if *worker {
+		if err := runWorker(ctx, *workerOut); err != nil {
+			fmt.Fprintf(os.Stderr, "inboxbench worker: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
+
+	sz, ok := sizes[*sizeFlag]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "inboxbench: -size must be small or full, not %q\n", *sizeFlag)
+		os.Exit(2)
+	}
+	selected, err := parseOnly(*only)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "inboxbench: %v\n", err)
+		os.Exit(2)
+	}
+	code, err := run(ctx, sz, selected, *serverURL)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "inboxbench: %v\n", err)
+		os.Exit(1)
+	}
+	os.Exit(code)
+}
+
+// parseOnly returns the workloads -only selects, in running order.
+func parseOnly(only string) ([]string, error) {
+	if strings.TrimSpace(only) == "" {
+		return workloads, nil
+	}
+	want := map[string]bool{}
+	for f := range strings.SplitSeq(only, ",") {
+		f = strings.TrimSpace(f)
+		i := slices.IndexFunc(workloads, func(w string) bool { return strings.EqualFold(w, f) })
+		if i < 0 {
+			return nil, fmt.Errorf("-only: unknown workload %q; choose from %s", f, strings.Join(workloads, ","))
+		}
+		want[workloads[i]] = true
+	}
+	var out []string
+	for _, w := range workloads {
+		if want[w] {
+			out = append(out, w)
+		}
+	}
+	return out, nil
+}
+
+func run(ctx context.Context, sz size, selected []string, serverURL string) (code int, err error) {
+	started := time.Now()
+	setupCtx, cancelSetup := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancelSetup()
+	var srv *pgserver.Server
+	if serverURL != "" {
+		srv = &pgserver.Server{URL: serverURL, Source: "-url"}
+	} else if srv, err = pgserver.Find(setupCtx); err != nil {
+		return 1, err
+	}
+	defer srv.Close()
+	dbURL, drop, err := srv.CreateDatabase(setupCtx)
+	if err != nil {
+		return 1, err
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		err = errors.Join(err, drop(dctx))
+	}()
+
+	b := &bench{
+		size:  sz,
+		dbURL: dbURL,
+		log:   slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		out:   os.Stdout,
+	}
+	if b.lib, err = b.schemaPool(setupCtx, libSchema); err != nil {
+		return 1, err
+	}
+	defer b.lib.Close()
+	if b.floor, err = b.schemaPool(setupCtx, floorSchema); err != nil {
+		return 1, err
+	}
+	defer b.floor.Close()
+	_, ckErr := b.lib.Exec(setupCtx, "CHECKPOINT")
+	b.canCkpt = ckErr == nil
+
+	var version string
+	_ = b.lib.QueryRow(setupCtx, "SHOW server_version").Scan(&version)
+	var fsync, syncCommit, sharedBuffers string
+	_ = b.lib.QueryRow(setupCtx, "SELECT current_setting('fsync'), current_setting('synchronous_commit'), current_setting('shared_buffers')").
+		Scan(&fsync, &syncCommit, &sharedBuffers)
+	host, _ := os.Hostname()
+	b.printf("inboxbench -size %s: %s\n", sz.name, strings.Join(selected, ","))
+	b.printf("server: PostgreSQL %s from %s (fsync=%s, synchronous_commit=%s, shared_buffers=%s)\n",
+		version, srv.Source, fsync, syncCommit, sharedBuffers)
+	b.printf("machine: %s, %d CPUs, load average %s (other processes on the machine skew the figures); pools: pgxpool defaults (MaxConns=%d); library options: defaults + quiet logger\n",
+		host, numCPU(), loadAvg(), b.lib.Config().MaxConns)
+	b.printf("method: schema %s holds the library's table, schema %s the floors' (same migration); tables are\n"+
+		"  truncated between runs; after each bulk load VACUUM ANALYZE runs (as caught-up autovacuum would)%s.\n",
+		libSchema, floorSchema, map[bool]string{true: " and a CHECKPOINT", false: " (CHECKPOINT not permitted)"}[b.canCkpt])
+
+	for _, w := range selected {
+		if err := ctx.Err(); err != nil {
+			return 1, err
+		}
+		var werr error
+		switch w {
+		case "W1":
+			werr = b.w1(ctx)
+		case "W1b":
+			werr = b.w1b(ctx)
+		case "W2":
+			werr = b.w2(ctx)
+		case "W3":
+			werr = b.w3(ctx)
+		case "Idle":
+			werr = b.idle(ctx)
+		}
+		if werr != nil {
+			return 1, fmt.Errorf("%s: %w", w, werr)
+		}
+	}
+	b.printSummary(time.Since(started))
+	return b.exitCode, nil
+}
+
+// schemaPool creates schema, migrates the inbox into it and returns a pool
+// whose connections work in it.
+func (b *bench) schemaPool(ctx context.Context, schema string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(b.dbURL)
+	if err != nil {
+		return nil, fmt.Errorf("parse database URL: %w", err)
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = schema
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	if _, err := pool.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+schema); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("create schema %s: %w", schema, err)
+	}
+	if err := inbox.Migrate(ctx, pool); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return pool, nil
+}
+
+func (b *bench) printf(format string, args ...any) {
+	fmt.Fprintf(b.out, format, args...)
+}
+
+// reset empties a table and leaves it as a caught-up autovacuum would.
+func (b *bench) reset(ctx context.Context, pool *pgxpool.Pool) error {
+	if _, err := pool.Exec(ctx, "TRUNCATE inbox_records, inbox_workers"); err != nil {
+		return fmt.Errorf("truncate: %w", err)
+	}
+	return b.settle(ctx, pool)
+}
+
+// settle runs VACUUM ANALYZE on the table after a bulk load, then a
+// CHECKPOINT so the next timed phase does not pay for earlier writes.
+func (b *bench) settle(ctx context.Context, pool *pgxpool.Pool) error {
+	if _, err := pool.Exec(ctx, "VACUUM ANALYZE inbox_records"); err != nil {
+		return fmt.Errorf("vacuum analyze: %w", err)
+	}
+	if b.canCkpt {
+		if _, err := pool.Exec(ctx, "CHECKPOINT"); err != nil {
+			return fmt.Errorf("checkpoint: %w", err)
+		}
+	}
+	return nil
+}

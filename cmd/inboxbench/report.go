@@ -1,0 +1,165 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// table is the output of one workload: a row per figure.
+type table struct {
+	title string
+	rows  [][]string
+	notes []string
+}
+
+func newTable(format string, args ...any) *table {
+	return &table{title: fmt.Sprintf(format, args...)}
+}
+
+// add appends a row: metric, library, floor, library/floor, target, result.
+func (t *table) add(metric, lib, floor, ratio, target, result string) {
+	t.rows = append(t.rows, []string{metric, lib, floor, ratio, target, result})
+}
+
+func (t *table) note(format string, args ...any) {
+	t.notes = append(t.notes, fmt.Sprintf(format, args...))
+}
+
+func (b *bench) print(t *table) {
+	b.printf("\n== %s ==\n", t.title)
+	tw := tabwriter.NewWriter(b.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "metric\tlibrary\tfloor\tlib/floor\ttarget\tresult")
+	for _, r := range t.rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	_ = tw.Flush()
+	for _, n := range t.notes {
+		b.printf("  note: %s\n", n)
+	}
+}
+
+// summaryLine is one target's outcome.
+type summaryLine struct {
+	workload, target, figure, result string
+}
+
+// check records a target's outcome for the summary and returns PASS or
+// MISS. Targets are printed, not asserted: a MISS does not fail the run.
+func (b *bench) check(workload, target, figure string, ok bool) string {
+	res := "PASS"
+	if !ok {
+		res = "MISS"
+	}
+	b.summary = append(b.summary, summaryLine{workload, target, figure, res})
+	return res
+}
+
+func (b *bench) printSummary(took time.Duration) {
+	b.printf("\n== summary (targets are reported, not asserted) ==\n")
+	tw := tabwriter.NewWriter(b.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "workload\ttarget\tfigure\tresult")
+	for _, s := range b.summary {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.workload, s.target, s.figure, s.result)
+	}
+	_ = tw.Flush()
+	b.printf("total run time %s; load average at the end: %s\n", took.Round(100*time.Millisecond), loadAvg())
+}
+
+func numCPU() int { return runtime.NumCPU() }
+
+// rate formats events per second with thousands separators.
+func rate(n int, d time.Duration) float64 {
+	if d <= 0 {
+		return math.Inf(1)
+	}
+	return float64(n) / d.Seconds()
+}
+
+func fmtRate(r float64) string { return group(int64(math.Round(r))) + "/s" }
+
+// group formats n with thousands separators.
+func group(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var out []byte
+	for i := range len(s) {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			out = append(out, ',')
+		}
+		out = append(out, s[i])
+	}
+	if neg {
+		return "-" + string(out)
+	}
+	return string(out)
+}
+
+// fmtRatio formats a ratio; a negative one (a latency below zero) has no
+// meaning and prints as n/a.
+func fmtRatio(x float64) string {
+	if math.IsInf(x, 0) || math.IsNaN(x) || x < 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2fx", x)
+}
+
+// fmtMs formats a duration in milliseconds.
+func fmtMs(d time.Duration) string {
+	return fmt.Sprintf("%.3f ms", float64(d)/float64(time.Millisecond))
+}
+
+func fmtMiB(bytes int64) string {
+	if bytes <= 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f MiB", float64(bytes)/(1<<20))
+}
+
+func fmtSecs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+
+// latencies summarises a sample of durations.
+type latencies struct {
+	n                  int
+	p50, p99, max, min time.Duration
+	mean               time.Duration
+}
+
+// summarise returns nearest-rank percentiles of ds.
+func summarise(ds []time.Duration) latencies {
+	if len(ds) == 0 {
+		return latencies{}
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	pct := func(q float64) time.Duration {
+		i := int(math.Ceil(q*float64(len(s)))) - 1
+		return s[max(0, min(i, len(s)-1))]
+	}
+	var sum time.Duration
+	for _, d := range s {
+		sum += d
+	}
+	return latencies{n: len(s), p50: pct(0.50), p99: pct(0.99), max: s[len(s)-1], min: s[0],
+		mean: sum / time.Duration(len(s))}
+}
+
+// loadAvg returns the 1, 5 and 15 minute load averages of the machine.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
