@@ -239,7 +239,7 @@ func (w *worker) loseLeases(jobs []*job) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, j := range jobs {
-		if j.lost || j.finished {
+		if j.lost || j.finished || j.committing {
 			continue
 		}
 		j.lost = true

@@ -41,9 +41,13 @@ type job struct {
 	timeout   time.Duration
 
 	// guarded by worker.mu
-	started    bool
-	finished   bool
-	lost       bool
+	started  bool
+	finished bool
+	lost     bool
+	// committing: a TxHandler's transaction has marked the row done and
+	// holds its lock, so no other worker can take the row over; a renewal
+	// that misses the row saw that commit, not a lost lease.
+	committing bool
 	renewUntil time.Time
 	cancel     context.CancelCauseFunc
 }
@@ -519,7 +523,18 @@ func (w *worker) callTx(ctx context.Context, th TxHandler, j *job) (bool, error)
 	if tag.RowsAffected() != 1 {
 		return false, fmt.Errorf("%w: row was taken over before the transaction committed; its writes were rolled back", ErrLeaseLost)
 	}
-	if err := tx.Commit(ctx); err != nil {
+	w.mu.Lock()
+	j.committing = true
+	w.mu.Unlock()
+	// The row is locked by tx and cannot be taken over: finish the commit
+	// even if the handler's context ends meanwhile, so that a commit that
+	// happened is not reported as failed.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := tx.Commit(cctx); err != nil {
+		w.mu.Lock()
+		j.committing = false
+		w.mu.Unlock()
 		return false, fmt.Errorf("commit: %w", err)
 	}
 	return true, nil
