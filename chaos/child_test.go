@@ -1,0 +1,387 @@
+package chaos_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pginbox/inbox"
+)
+
+// roleEnv carries a child process's childConfig as JSON. Without it,
+// TestChaosWorker returns at once.
+const roleEnv = "INBOX_CHAOS_ROLE"
+
+// The child roles.
+const (
+	roleWorker = "worker"
+	roleWriter = "writer"
+	roleReaper = "reaper"
+)
+
+// The event types and handler keys. Each event type has a plain handler
+// and a transactional one, so each event has two rows.
+const (
+	typeOrder   = "order"
+	typePayment = "payment"
+	keyPlain    = "plain"
+	keyTx       = "tx"
+)
+
+// Worker settings shared by every worker process.
+const (
+	workerLease       = time.Second
+	workerIteration   = 200 * time.Millisecond
+	workerConcurrency = 20
+	workerBatchSize   = 50
+	workerPoolConns   = 12
+	workerBackoffMin  = 10 * time.Millisecond
+	workerBackoffMax  = 200 * time.Millisecond
+	workerHandlerTime = 5 * time.Second
+)
+
+// childConfig tells a child process what to do.
+type childConfig struct {
+	Role string `json:"role"`
+	Name string `json:"name"`
+	URL  string `json:"url"`
+
+	// Worker.
+	MaxAttempts int `json:"max_attempts,omitempty"`
+
+	// Writer: it sends the events i of eventIDs(Seed, Events) with
+	// i % Writers == Writer, BatchSize new ones per Set, spread over Duration.
+	Writer      int           `json:"writer,omitempty"`
+	Writers     int           `json:"writers,omitempty"`
+	Seed        uint64        `json:"seed,omitempty"`
+	Events      int           `json:"events,omitempty"`
+	BatchSize   int           `json:"batch_size,omitempty"`
+	Duration    time.Duration `json:"duration,omitempty"`
+	AckedPath   string        `json:"acked_path,omitempty"`
+	SummaryPath string        `json:"summary_path,omitempty"`
+
+	// Reaper: the cluster to stop and remove if the test process dies.
+	ClusterDir string `json:"cluster_dir,omitempty"`
+	BinDir     string `json:"bin_dir,omitempty"`
+}
+
+// writerSummary is what a writer reports when it has sent everything.
+type writerSummary struct {
+	Events     int           `json:"events"`
+	Duplicates int           `json:"duplicates"`
+	Batches    int           `json:"batches"`
+	Retries    int           `json:"retries"`
+	Elapsed    time.Duration `json:"elapsed"`
+}
+
+// TestChaosWorker is the body of TestChaos's child processes: a worker
+// process or a writer process, as roleEnv says. Run directly, it does
+// nothing.
+func TestChaosWorker(t *testing.T) {
+	spec := os.Getenv(roleEnv)
+	if spec == "" {
+		return // only meaningful as a child process of TestChaos
+	}
+	var cfg childConfig
+	if err := json.Unmarshal([]byte(spec), &cfg); err != nil {
+		t.Fatalf("parse %s: %v", roleEnv, err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).
+		With("proc", cfg.Name, "pid", os.Getpid())
+	var err error
+	switch cfg.Role {
+	case roleWorker:
+		err = runWorker(cfg, log)
+	case roleWriter:
+		err = runWriter(cfg, log)
+	case roleReaper:
+		err = runReaper(cfg)
+	default:
+		err = fmt.Errorf("unknown role %q", cfg.Role)
+	}
+	if err != nil {
+		log.Error("chaos child failed", "error", err)
+		t.Fatal(err)
+	}
+}
+
+// newPool returns a pool that does not connect until used, so it can be
+// created while PostgreSQL is down.
+func newPool(url string, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = maxConns
+	cfg.ConnConfig.ConnectTimeout = 3 * time.Second
+	return pgxpool.NewWithConfig(context.Background(), cfg)
+}
+
+// eventIDs returns n event ids derived from seed: every process computes
+// the same list.
+func eventIDs(seed uint64, n int) []uuid.UUID {
+	var key [32]byte
+	for i := range 8 {
+		key[i] = byte(seed >> (8 * i))
+	}
+	src := rand.NewChaCha8(key)
+	ids := make([]uuid.UUID, n)
+	for i := range ids {
+		id, err := uuid.NewRandomFromReader(src)
+		if err != nil {
+			panic(err) // ChaCha8.Read never fails
+		}
+		ids[i] = id
+	}
+	return ids
+}
+
+// eventType is the event type of an id.
+func eventType(id uuid.UUID) string {
+	if id[15]&1 == 1 {
+		return typePayment
+	}
+	return typeOrder
+}
+
+// alwaysFails reports whether the plain handler of this event always
+// fails: payments whose id starts with a byte 0x00..0x03, about 1 event in
+// 128. Only those rows may end dead.
+func alwaysFails(id uuid.UUID) bool {
+	return eventType(id) == typePayment && id[0] <= 0x03
+}
+
+// registry builds the handlers. The payload is the event id as text.
+//
+// The plain handler records each run in plain_runs (at least once: a run
+// whose result was lost runs again). The transactional handler inserts its
+// effect in the transaction that marks its row done, so effects must hold
+// exactly one row per event: neither table has a unique constraint, so a
+// double application would show.
+func registry(pool *pgxpool.Pool) *inbox.Registry {
+	reg := inbox.NewRegistry()
+	for _, et := range []string{typeOrder, typePayment} {
+		plain := inbox.HandlerFunc(keyPlain, func(ctx context.Context, payload []byte) error {
+			id, err := uuid.ParseBytes(payload)
+			if err != nil {
+				return fmt.Errorf("payload %q: %w", payload, err)
+			}
+			if alwaysFails(id) {
+				return errors.New("chaos: this handler always fails for this event")
+			}
+			_, err = pool.Exec(ctx, `INSERT INTO plain_runs (event_id, handler_key, pid) VALUES ($1, $2, $3)`,
+				id, keyPlain, os.Getpid())
+			return err
+		})
+		tx := inbox.TxHandlerFunc(keyTx, func(ctx context.Context, tx pgx.Tx, payload []byte) error {
+			id, err := uuid.ParseBytes(payload)
+			if err != nil {
+				return fmt.Errorf("payload %q: %w", payload, err)
+			}
+			_, err = tx.Exec(ctx, `INSERT INTO effects (event_id, handler_key, pid) VALUES ($1, $2, $3)`,
+				id, keyTx, os.Getpid())
+			return err
+		})
+		reg.On(et, plain, tx)
+	}
+	return reg
+}
+
+// runWorker runs an Inbox until SIGTERM, then stops it gracefully. It
+// retries Start while PostgreSQL is down.
+func runWorker(cfg childConfig, log *slog.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	pool, err := newPool(cfg.URL, workerPoolConns)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	ib, err := inbox.New(pool, registry(pool),
+		inbox.WithLease(workerLease),
+		inbox.WithIterationRate(workerIteration),
+		inbox.WithMaxRetryAttempt(cfg.MaxAttempts),
+		inbox.WithRetryBackoff(workerBackoffMin, workerBackoffMax),
+		inbox.WithConcurrency(workerConcurrency),
+		inbox.WithBatchSize(workerBatchSize),
+		inbox.WithHandlerTimeout(workerHandlerTime),
+		inbox.WithoutMigrations(),
+		inbox.WithLogger(log),
+	)
+	if err != nil {
+		return err
+	}
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := ib.Start(sctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		log.Warn("chaos: start failed; retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return nil // told to stop before it could start
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := ib.Stop(sctx); err != nil {
+		return fmt.Errorf("stop: %w", err)
+	}
+	return nil
+}
+
+// runWriter sends its share of the events, paced over cfg.Duration, with
+// 10 % duplicates of ids it sent in earlier batches. A failed Set is
+// retried, the same batch, until it succeeds. Each acknowledged batch's new
+// ids are appended to cfg.AckedPath; the summary goes to cfg.SummaryPath.
+func runWriter(cfg childConfig, log *slog.Logger) error {
+	start := time.Now()
+	pool, err := newPool(cfg.URL, 4)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	ib, err := inbox.New(pool, registry(pool), inbox.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	client := ib.Client()
+
+	var mine []uuid.UUID
+	for i, id := range eventIDs(cfg.Seed, cfg.Events) {
+		if i%cfg.Writers == cfg.Writer {
+			mine = append(mine, id)
+		}
+	}
+	acked, err := os.Create(cfg.AckedPath)
+	if err != nil {
+		return err
+	}
+	defer acked.Close()
+
+	rng := rand.New(rand.NewPCG(cfg.Seed, uint64(cfg.Writer)+1))
+	batches := (len(mine) + cfg.BatchSize - 1) / cfg.BatchSize
+	interval := cfg.Duration / time.Duration(max(batches, 1))
+	dupTarget := len(mine) / 10
+	var sum writerSummary
+	for b := range batches {
+		if wait := time.Until(start.Add(time.Duration(b) * interval)); wait > 0 {
+			time.Sleep(wait) // pacing, not synchronisation
+		}
+		fresh := mine[b*cfg.BatchSize : min((b+1)*cfg.BatchSize, len(mine))]
+		sent := mine[:b*cfg.BatchSize]
+		recs := make([]*inbox.Record, 0, len(fresh)+len(fresh)/5)
+		for _, id := range fresh {
+			recs = append(recs, newRecord(id))
+		}
+		if b > 0 {
+			// Spread dupTarget duplicates over batches 1..batches-1.
+			ndup := dupTarget*b/max(batches-1, 1) - sum.Duplicates
+			for range ndup {
+				recs = append(recs, newRecord(sent[rng.IntN(len(sent))]))
+			}
+			sum.Duplicates += ndup
+		}
+		rng.Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
+		retries, err := setUntilStored(client, recs, log)
+		sum.Retries += retries
+		if err != nil {
+			return fmt.Errorf("batch %d: %w", b, err)
+		}
+		buf := make([]byte, 0, 16*len(fresh))
+		for _, id := range fresh {
+			buf = append(buf, id[:]...)
+		}
+		if _, err := acked.Write(buf); err != nil {
+			return err
+		}
+		sum.Events += len(fresh)
+		sum.Batches++
+	}
+	sum.Elapsed = time.Since(start)
+	out, err := json.Marshal(sum)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(cfg.SummaryPath, out, 0o644)
+}
+
+func newRecord(id uuid.UUID) *inbox.Record {
+	r, err := inbox.NewRecord(id, eventType(id), []byte(id.String()))
+	if err != nil {
+		panic(err) // ids are never Nil, types never blank
+	}
+	return r
+}
+
+// setUntilStored calls Set until it succeeds, backing off between tries;
+// the pool replaces broken connections by itself. Retrying is safe because
+// Set ignores rows that exist already. It gives up after 3 minutes.
+func setUntilStored(c *inbox.Client, recs []*inbox.Record, log *slog.Logger) (retries int, err error) {
+	start := time.Now()
+	for try := 1; ; try++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := c.Set(ctx, recs...)
+		cancel()
+		if err == nil {
+			return retries, nil
+		}
+		if errors.Is(err, inbox.ErrInvalidRecord) || errors.Is(err, inbox.ErrUnknownEventType) {
+			return retries, err
+		}
+		if time.Since(start) > 3*time.Minute {
+			return retries, fmt.Errorf("gave up after %d tries: %w", try, err)
+		}
+		retries++
+		if try == 1 || try%10 == 0 {
+			log.Warn("chaos: set failed; retrying", "try", try, "error", err)
+		}
+		time.Sleep(min(50*time.Millisecond<<min(try-1, 5), time.Second))
+	}
+}
+
+// runReaper waits until its stdin reaches end of file, which happens when
+// the test process closes its end or dies, then stops and removes the
+// cluster if it is still there. PostgreSQL runs detached from the test, so
+// a test process killed before its cleanup (a timeout, SIGKILL, SIGPIPE)
+// would otherwise leave it running.
+func runReaper(cfg childConfig) error {
+	signal.Ignore(syscall.SIGINT, syscall.SIGHUP)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	data := filepath.Join(cfg.ClusterDir, "data")
+	if _, err := os.Stat(filepath.Join(data, "postmaster.pid")); err == nil {
+		cmd := exec.Command(filepath.Join(cfg.BinDir, "pg_ctl"), "--pgdata="+data, "stop", "--mode=immediate", "--wait")
+		cmd.Dir = cfg.ClusterDir
+		// pg_ctl refuses to run as root: run it as the cluster's owner.
+		if fi, err := os.Stat(data); err == nil && os.Geteuid() == 0 {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
+				cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: st.Uid, Gid: st.Gid}}
+			}
+		}
+		out, err := cmd.CombinedOutput()
+		fmt.Fprintf(os.Stderr, "chaos reaper: the test left PostgreSQL in %s; pg_ctl stop: %v\n%s\n", cfg.ClusterDir, err, out)
+	}
+	if err := os.RemoveAll(cfg.ClusterDir); err != nil {
+		return err
+	}
+	return nil
+}
