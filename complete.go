@@ -209,11 +209,11 @@ func (w *worker) renew(ctx context.Context, lastOK time.Time) time.Time {
 	if len(jobs) == 0 {
 		return now
 	}
-	rows, err := w.ib.pool.Query(ctx, renewSQL, set.ids, set.keys, set.attempts, [16]byte(w.id), w.cfg.lease.Milliseconds())
 	var kept map[rowKey]bool
-	if err == nil {
+	err := w.queryNoFlush(ctx, func(rows pgx.Rows) (err error) {
 		kept, err = collectKeys(rows)
-	}
+		return err
+	}, renewSQL, set.ids, set.keys, set.attempts, [16]byte(w.id), w.cfg.lease.Milliseconds())
 	if err != nil {
 		w.report(fmt.Errorf("inbox: renew %d leases: %w", len(jobs), err))
 		if time.Since(lastOK) >= w.cfg.lease*2/3 {

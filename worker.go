@@ -316,22 +316,22 @@ func (w *worker) scheduleRetry(at time.Time) {
 // claim claims up to n rows and queues them for the runners. It returns
 // how many rows the statement returned.
 func (w *worker) claim(n int) (int, error) {
-	rows, err := w.ib.pool.Query(w.claimCtx, claimSQL, w.routes.types, w.routes.keys, n,
-		w.cfg.maxAttempts, [16]byte(w.id), w.cfg.lease.Milliseconds(), "lease expired before a result was written (worker stopped or lost the database)")
-	if err != nil {
-		return 0, err
-	}
 	type claimed struct {
 		j                 *job
 		status, lastError string
 		rescued           bool
 	}
-	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (claimed, error) {
-		c := claimed{j: &job{}}
-		err := row.Scan((*[16]byte)(&c.j.id), &c.j.eventType, &c.j.key, &c.j.payload, &c.j.attempts,
-			&c.status, &c.rescued, &c.lastError)
-		return c, err
-	})
+	var list []claimed
+	err := w.queryNoFlush(w.claimCtx, func(rows pgx.Rows) (err error) {
+		list, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (claimed, error) {
+			c := claimed{j: &job{}}
+			err := row.Scan((*[16]byte)(&c.j.id), &c.j.eventType, &c.j.key, &c.j.payload, &c.j.attempts,
+				&c.status, &c.rescued, &c.lastError)
+			return c, err
+		})
+		return err
+	}, claimSQL, w.routes.types, w.routes.keys, n, w.cfg.maxAttempts, [16]byte(w.id),
+		w.cfg.lease.Milliseconds(), "lease expired before a result was written (worker stopped or lost the database)")
 	if err != nil {
 		return 0, err
 	}
@@ -365,6 +365,18 @@ func (w *worker) claim(n int) (int, error) {
 		w.jobs <- c.j // never blocks: at most capacity rows are in flight
 	}
 	return len(list), nil
+}
+
+// queryNoFlush runs a statement whose commit does not wait for the WAL to
+// reach disk (synchronous_commit off for its transaction only), passing its
+// rows to scan. Only claims and lease renewals use it: if a database crash
+// loses one, rows merely go back to their previous state and are claimed
+// again, which the guarded result writes already allow for.
+func (w *worker) queryNoFlush(ctx context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
+	b := &pgx.Batch{}
+	b.Queue(`SET LOCAL synchronous_commit = off`)
+	b.Queue(sql, args...).Query(scan)
+	return w.ib.pool.SendBatch(ctx, b).Close()
 }
 
 // runLoop runs handlers until stop.
