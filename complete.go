@@ -80,7 +80,7 @@ func (s *rowSet) add(j *job) {
 // flush writes a batch of results: done, failed with its next attempt,
 // dead, or handed back.
 func (w *worker) flush(ctx context.Context, batch []result) {
-	var done, back rowSet
+	var ended, back rowSet // ended: done, failed or dead; back: never started
 	var statuses []string
 	var errs []*string
 	var dues []*time.Time
@@ -97,11 +97,11 @@ func (w *worker) flush(ctx context.Context, batch []result) {
 		case r.lost:
 			lost++
 		case r.err == nil:
-			done.add(j)
+			ended.add(j)
 			statuses, errs, dues = append(statuses, string(Done)), append(errs, nil), append(dues, nil)
 		default:
 			msg := r.err.Error()
-			done.add(j)
+			ended.add(j)
 			errs = append(errs, &msg)
 			if j.attempts >= w.cfg.maxAttempts {
 				statuses, dues = append(statuses, string(Dead)), append(dues, nil)
@@ -118,7 +118,7 @@ func (w *worker) flush(ctx context.Context, batch []result) {
 			}
 		}
 	}
-	if len(done.ids) > 0 {
+	if len(ended.ids) > 0 {
 		defer func() {
 			if !earliest.IsZero() {
 				w.scheduleRetry(earliest)
@@ -126,7 +126,7 @@ func (w *worker) flush(ctx context.Context, batch []result) {
 		}()
 		var written map[rowKey]bool
 		err := w.retry(ctx, "write results", func() error {
-			rows, err := w.ib.pool.Query(ctx, completeSQL, done.ids, done.keys, done.attempts,
+			rows, err := w.ib.pool.Query(ctx, completeSQL, ended.ids, ended.keys, ended.attempts,
 				statuses, errs, dues, [16]byte(w.id))
 			if err != nil {
 				return err
@@ -135,7 +135,7 @@ func (w *worker) flush(ctx context.Context, batch []result) {
 			return err
 		})
 		if err == nil {
-			lost += len(done.ids) - len(written)
+			lost += len(ended.ids) - len(written)
 			for k, rec := range dead {
 				if written[k] {
 					w.sendDead(rec)
