@@ -56,18 +56,11 @@ func (b *bench) idle(ctx context.Context) error {
 		return err
 	}
 
-	ib, err := b.newInbox(b.lib, noop)
+	ib, err := b.startListening(ctx, noop)
 	if err != nil {
 		return err
 	}
-	resetPeakRSS()
-	if err := ib.Start(ctx); err != nil {
-		return err
-	}
 	defer stopInbox(ib)
-	if err := b.waitListening(ctx); err != nil {
-		return err
-	}
 	libPG, libSelf, err := measure()
 	if err != nil {
 		return err

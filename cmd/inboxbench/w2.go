@@ -32,18 +32,11 @@ func (b *bench) w2(ctx context.Context) error {
 		}
 		return count.Process(ctx, p)
 	})
-	ib, err := b.newInbox(b.lib, h)
+	ib, err := b.startListening(ctx, h)
 	if err != nil {
 		return err
 	}
-	resetPeakRSS()
-	if err := ib.Start(ctx); err != nil {
-		return err
-	}
 	defer stopInbox(ib)
-	if err := b.waitListening(ctx); err != nil {
-		return err
-	}
 	client := ib.Client()
 	set := make([]time.Duration, n)
 	start := time.Now()
@@ -82,4 +75,23 @@ func (b *bench) w2(ctx context.Context) error {
 	t.note("latency from the writer's Commit returning to the listener waking (negative: woken before Commit returned)")
 	b.print(t)
 	return nil
+}
+
+// startListening starts an Inbox on the library's schema with handler h,
+// resetting the peak RSS first, and returns once its worker listens for
+// notifications.
+func (b *bench) startListening(ctx context.Context, h inbox.Handler) (*inbox.Inbox, error) {
+	ib, err := b.newInbox(b.lib, h)
+	if err != nil {
+		return nil, err
+	}
+	resetPeakRSS()
+	if err := ib.Start(ctx); err != nil {
+		return nil, err
+	}
+	if err := b.waitListening(ctx); err != nil {
+		stopInbox(ib)
+		return nil, err
+	}
+	return ib, nil
 }
