@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"os/exec"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -16,23 +17,50 @@ func TestCPUBetweenCountsExitedChildren(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A child that spins for about 300 ms of CPU, then exits and is reaped.
-	cmd := exec.Command("sh", "-c", `end=$(( $(date +%s%N) + 300000000 )); while [ $(date +%s%N) -lt $end ]; do :; done`)
-	if err := cmd.Run(); err != nil {
-		t.Fatal(err)
+	// A child that burns 300 ms of its own CPU time, then exits and is
+	// reaped: its time must show in this process's children's time.
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSpinChild$")
+	cmd.Env = append(os.Environ(), spinEnv+"=300ms")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("spinning child: %v\n%s", err, out)
 	}
 	z, err := srv.snapshot()
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := cpuBetween(a, z)
-	// The spinning shell forks date, whose time is reaped by the shell and
-	// so counted too; allow for a loaded machine.
-	if got < 100*time.Millisecond || got > 2*time.Second {
-		t.Fatalf("cpuBetween = %v for a child that spun for about 300ms", got)
+	// 10 ms ticks; the child's start-up costs a little more.
+	if got < 280*time.Millisecond || got > 5*time.Second {
+		t.Fatalf("cpuBetween = %v for a child that used 300ms of CPU", got)
 	}
 	t.Logf("cpuBetween = %v", got)
 }
+
+// spinEnv makes the test binary a child that burns the given CPU time.
+const spinEnv = "INBOXBENCH_SPIN"
+
+// TestSpinChild is the child process of TestCPUBetweenCountsExitedChildren;
+// without spinEnv it does nothing.
+func TestSpinChild(t *testing.T) {
+	d, err := time.ParseDuration(os.Getenv(spinEnv))
+	if err != nil {
+		return
+	}
+	for {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			t.Fatal(err)
+		}
+		if time.Duration(ru.Utime.Nano()+ru.Stime.Nano()) >= d {
+			return
+		}
+		for i := 0; i < 1e6; i++ {
+			spinSink += i
+		}
+	}
+}
+
+var spinSink int
 
 func TestReadStat(t *testing.T) {
 	st, err := readStat(os.Getpid())
