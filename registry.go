@@ -52,8 +52,10 @@ type funcHandler struct {
 	fn  func(ctx context.Context, payload []byte) error
 }
 
+// Key returns the handler's key.
 func (h funcHandler) Key() string { return h.key }
 
+// Process calls the handler's function.
 func (h funcHandler) Process(ctx context.Context, payload []byte) error {
 	if h.fn == nil {
 		return fmt.Errorf("handler %q has a nil function", h.key)
@@ -72,6 +74,7 @@ type txFuncHandler struct {
 	fn  func(ctx context.Context, tx pgx.Tx, payload []byte) error
 }
 
+// Key returns the handler's key.
 func (h txFuncHandler) Key() string { return h.key }
 
 // Process is never called by the worker for a TxHandler; it reports misuse.
@@ -79,6 +82,7 @@ func (h txFuncHandler) Process(context.Context, []byte) error {
 	return fmt.Errorf("handler %q runs only inside a transaction: the worker calls ProcessTx", h.key)
 }
 
+// ProcessTx calls the handler's function inside the worker's transaction.
 func (h txFuncHandler) ProcessTx(ctx context.Context, tx pgx.Tx, payload []byte) error {
 	if h.fn == nil {
 		return fmt.Errorf("handler %q has a nil function", h.key)
