@@ -112,16 +112,8 @@ func TestChaos(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rp, err := startReaper(cluster.Dir, cluster.BinDir, filepath.Join(dir, "reaper.log"))
-	if err != nil {
-		cluster.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { // after the cluster's Close, which runs first
-		if err := rp.finish(); err != nil {
-			t.Error(err)
-		}
-	})
+	// Should this process die before its cleanup, the cluster's own guard
+	// stops and removes it.
 	t.Cleanup(func() {
 		if err := cluster.Close(); err != nil {
 			t.Errorf("close cluster: %v", err)

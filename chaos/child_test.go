@@ -5,13 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -31,7 +28,6 @@ const roleEnv = "INBOX_CHAOS_ROLE"
 const (
 	roleWorker = "worker"
 	roleWriter = "writer"
-	roleReaper = "reaper"
 )
 
 // The event types and handler keys. Each event type has a plain handler
@@ -74,10 +70,6 @@ type childConfig struct {
 	Duration    time.Duration `json:"duration,omitempty"`
 	AckedPath   string        `json:"acked_path,omitempty"`
 	SummaryPath string        `json:"summary_path,omitempty"`
-
-	// Reaper: the cluster to stop and remove if the test process dies.
-	ClusterDir string `json:"cluster_dir,omitempty"`
-	BinDir     string `json:"bin_dir,omitempty"`
 }
 
 // writerSummary is what a writer reports when it has sent everything.
@@ -109,8 +101,6 @@ func TestChaosWorker(t *testing.T) {
 		err = runWorker(cfg, log)
 	case roleWriter:
 		err = runWriter(cfg, log)
-	case roleReaper:
-		err = runReaper(cfg)
 	default:
 		err = fmt.Errorf("unknown role %q", cfg.Role)
 	}
@@ -357,31 +347,4 @@ func setUntilStored(c *inbox.Client, recs []*inbox.Record, log *slog.Logger) (re
 		}
 		time.Sleep(min(50*time.Millisecond<<min(try-1, 5), time.Second))
 	}
-}
-
-// runReaper waits until its stdin reaches end of file, which happens when
-// the test process closes its end or dies, then stops and removes the
-// cluster if it is still there. PostgreSQL runs detached from the test, so
-// a test process killed before its cleanup (a timeout, SIGKILL, SIGPIPE)
-// would otherwise leave it running.
-func runReaper(cfg childConfig) error {
-	signal.Ignore(syscall.SIGINT, syscall.SIGHUP)
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	data := filepath.Join(cfg.ClusterDir, "data")
-	if _, err := os.Stat(filepath.Join(data, "postmaster.pid")); err == nil {
-		cmd := exec.Command(filepath.Join(cfg.BinDir, "pg_ctl"), "--pgdata="+data, "stop", "--mode=immediate", "--wait")
-		cmd.Dir = cfg.ClusterDir
-		// pg_ctl refuses to run as root: run it as the cluster's owner.
-		if fi, err := os.Stat(data); err == nil && os.Geteuid() == 0 {
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
-				cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: st.Uid, Gid: st.Gid}}
-			}
-		}
-		out, err := cmd.CombinedOutput()
-		fmt.Fprintf(os.Stderr, "chaos reaper: the test left PostgreSQL in %s; pg_ctl stop: %v\n%s\n", cfg.ClusterDir, err, out)
-	}
-	if err := os.RemoveAll(cfg.ClusterDir); err != nil {
-		return err
-	}
-	return nil
 }

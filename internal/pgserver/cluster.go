@@ -33,6 +33,8 @@ type Cluster struct {
 	BinDir string
 
 	cred      *syscall.Credential // user to run PostgreSQL programs as; nil to keep the current one
+	guard     *exec.Cmd           // cleans up if this process dies without Close; see startGuard
+	guardPipe *os.File            // the only write end of the guard's stdin
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -73,6 +75,9 @@ func StartCluster(ctx context.Context) (*Cluster, error) {
 	}
 	c := &Cluster{Dir: dir, BinDir: bin, cred: cred}
 	if err := c.init(ctx); err != nil {
+		return nil, errors.Join(err, c.Close())
+	}
+	if err := c.startGuard(); err != nil {
 		return nil, errors.Join(err, c.Close())
 	}
 	if err := c.startOnFreePort(ctx); err != nil {
@@ -149,10 +154,43 @@ func (c *Cluster) Stop(ctx context.Context, mode string) error {
 	return nil
 }
 
+// guardScript waits for end of file on its standard input, then stops the
+// cluster ($0: bin dir, $1: cluster dir) in immediate mode and removes it.
+const guardScript = `read _; "$0/pg_ctl" stop --pgdata="$1/data" --mode=immediate >/dev/null 2>&1; rm -rf "$1"`
+
+// startGuard starts a shell that stops and removes the cluster if this
+// process dies without calling Close (killed, or a test binary's timeout):
+// pg_ctl detaches the server, so nothing else would. The shell reads from
+// a pipe whose write end only this process holds, so it sees end of file
+// when this process exits. It runs in a process group of its own, so a
+// Ctrl-C aimed at this process does not kill it first.
+func (c *Cluster) startGuard() error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("start cleanup guard: %w", err)
+	}
+	defer r.Close()
+	cmd := exec.Command("/bin/sh", "-c", guardScript, c.BinDir, c.Dir)
+	cmd.Stdin = r
+	cmd.Dir = c.Dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: c.cred}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("start cleanup guard: %w", err)
+	}
+	c.guard, c.guardPipe = cmd, w
+	return nil
+}
+
 // Close stops the server, if running, in immediate mode and removes the
 // cluster's directory. It is safe to call more than once.
 func (c *Cluster) Close() error {
 	c.closeOnce.Do(func() {
+		if c.guard != nil { // Close cleans up itself: retire the guard first
+			_ = c.guard.Process.Kill()
+			_ = c.guard.Wait()
+			c.guardPipe.Close()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		var stopErr error

@@ -1,11 +1,15 @@
 package pgserver
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -148,4 +152,56 @@ func databaseExists(t *testing.T, adminURL, name string) bool {
 		t.Fatal(err)
 	}
 	return exists
+}
+
+// guardChildEnv makes the test binary a child that starts a cluster,
+// prints its directory and waits to be killed.
+const guardChildEnv = "PGSERVER_GUARD_CHILD"
+
+func TestGuardChild(t *testing.T) {
+	if os.Getenv(guardChildEnv) == "" {
+		return // only meaningful as the child process of TestClusterGuard
+	}
+	c, err := StartCluster(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println(c.Dir)
+	select {} // until killed: Close never runs
+}
+
+// A process that dies without Close leaves no server and no directory.
+func TestClusterGuard(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestGuardChild$")
+	cmd.Env = append(os.Environ(), guardChildEnv+"=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("child gave no cluster directory: %v", err)
+	}
+	dir := strings.TrimSpace(line)
+	if _, err := os.Stat(filepath.Join(dir, "data", "postmaster.pid")); err != nil {
+		t.Fatalf("child's cluster is not running: %v", err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(dir); os.IsNotExist(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still exists 30s after its owner was killed", dir)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
