@@ -14,15 +14,7 @@ import (
 // completion aside), so its statements cannot deadlock with each other.
 func (w *worker) completeLoop() {
 	defer w.completer.Done()
-	ctx, cancel := context.WithCancel(w.ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-w.quit:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	ctx := w.writeCtx
 	ticker := time.NewTicker(w.cfg.lease / 3)
 	defer ticker.Stop()
 	lastRenew := time.Now()
@@ -41,7 +33,7 @@ func (w *worker) completeLoop() {
 			}
 		case <-ticker.C:
 			lastRenew = w.renew(ctx, lastRenew)
-		case <-w.quit:
+		case <-ctx.Done(): // hard stop
 			return
 		}
 	}

@@ -77,8 +77,11 @@ type worker struct {
 	callbackCtx    context.Context // passed to the dead callback; ends after the last call
 	cancelCallback context.CancelFunc
 
-	claimCtx    context.Context // ends when stop begins
+	claimCtx    context.Context // ends when stop begins: claim no more
 	cancelClaim context.CancelFunc
+
+	writeCtx    context.Context // for the completer's writes; ends on a hard stop
+	cancelWrite context.CancelFunc
 
 	handlerCtx    context.Context // parent of handler contexts
 	cancelHandler context.CancelCauseFunc
@@ -94,10 +97,7 @@ type worker struct {
 	slotFreed chan struct{} // a handler returned
 	dead      chan DeadRecord
 
-	stopClaim chan struct{} // closed by stop: claim no more
-	stopRun   chan struct{} // closed by stop: start no more handlers
-	quit      chan struct{} // closed on a hard stop: abandon writes
-	stopping  atomic.Bool
+	stopRun chan struct{} // closed once the claimer is gone: start no more handlers
 
 	mu   sync.Mutex
 	held map[rowKey]*job // claimed rows whose result is not yet written
@@ -120,9 +120,7 @@ func newWorker(ib *Inbox) *worker {
 		resched:   make(chan struct{}, 1),
 		slotFreed: make(chan struct{}, 1),
 		dead:      make(chan DeadRecord, 1024),
-		stopClaim: make(chan struct{}),
 		stopRun:   make(chan struct{}),
-		quit:      make(chan struct{}),
 		held:      make(map[rowKey]*job, capacity),
 	}
 }
@@ -131,10 +129,12 @@ func (w *worker) start(ctx context.Context) error {
 	w.ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	w.handlerCtx, w.cancelHandler = context.WithCancelCause(w.ctx)
 	w.claimCtx, w.cancelClaim = context.WithCancel(w.ctx)
+	w.writeCtx, w.cancelWrite = context.WithCancel(w.ctx)
 	w.callbackCtx, w.cancelCallback = context.WithCancel(context.WithoutCancel(ctx))
 	if err := w.beat(ctx); err != nil {
 		w.cancel()
 		w.cancelClaim()
+		w.cancelWrite()
 		w.cancelCallback()
 		return err
 	}
@@ -159,8 +159,6 @@ func (w *worker) start(ctx context.Context) error {
 
 // stop implements Inbox.Stop.
 func (w *worker) stop(ctx context.Context) error {
-	w.stopping.Store(true)
-	close(w.stopClaim)
 	w.cancelClaim()
 	w.claimer.Wait()
 	close(w.stopRun)
@@ -170,7 +168,7 @@ func (w *worker) stop(ctx context.Context) error {
 		// Hard stop: abandon running handlers to their leases.
 		w.cancelHandler(fmt.Errorf("inbox: Stop's context ended: %w", context.Cause(ctx)))
 		w.cancelCallback()
-		close(w.quit)
+		w.cancelWrite()
 	} else {
 		close(w.results) // runners are gone; the completer flushes and returns
 	}
@@ -246,19 +244,19 @@ func (w *worker) claimLoop() {
 			select {
 			case <-w.slotFreed:
 				continue
-			case <-w.stopClaim:
+			case <-w.claimCtx.Done():
 				return
 			}
 		}
 		n := min(w.cfg.batchSize, free)
 		got, err := w.claim(n)
 		if err != nil {
-			if w.stopping.Load() {
+			if w.claimCtx.Err() != nil {
 				return
 			}
 			failures++
 			w.report(fmt.Errorf("inbox: claim: %w", err))
-			if !sleep(retryDelay(failures, 100*time.Millisecond, 5*time.Second, rand.Float64()), w.stopClaim) {
+			if !sleep(retryDelay(failures, 100*time.Millisecond, 5*time.Second, rand.Float64()), w.claimCtx.Done()) {
 				return
 			}
 			continue
@@ -291,7 +289,7 @@ func (w *worker) idle(timer *time.Timer) bool {
 		case <-w.resched:
 			timer.Stop()
 			continue
-		case <-w.stopClaim:
+		case <-w.claimCtx.Done():
 			return false
 		}
 		timer.Stop()
@@ -335,7 +333,6 @@ func (w *worker) claim(n int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	now := time.Now()
 	w.mu.Lock()
 	runnable := 0
 	for _, c := range list {
@@ -345,7 +342,6 @@ func (w *worker) claim(n int) (int, error) {
 			if t, ok := c.j.handler.(timeouter); ok {
 				c.j.timeout = t.Timeout()
 			}
-			c.j.renewUntil = now.Add(time.Hour) // queued rows are renewed until they start
 			w.held[c.j.rowKey] = c.j
 			runnable++
 		}
@@ -388,7 +384,7 @@ func (w *worker) runLoop() {
 			w.releaseQueued()
 			return
 		case j := <-w.jobs:
-			if w.stopping.Load() {
+			if w.claimCtx.Err() != nil { // stopping: hand it back
 				w.finish(result{job: j, released: true})
 				continue
 			}
@@ -420,7 +416,7 @@ func (w *worker) finish(r result) {
 	signal(w.slotFreed)
 	select {
 	case w.results <- r:
-	case <-w.quit:
+	case <-w.writeCtx.Done(): // hard stop: the row is left to its lease
 	}
 }
 
@@ -461,7 +457,7 @@ func (w *worker) execute(j *job) bool {
 			w.log.Warn("inbox: handler ignores its context; abandoning it", "event_id", j.id, "handler_key", j.key)
 			w.runners.Add(1)
 			go w.runLoop()
-			w.finish(result{job: j, err: w.failure(j, tctx, fmt.Errorf("handler did not return within %v of its context ending", w.grace()))})
+			w.finish(result{job: j, err: w.failure(tctx, j, fmt.Errorf("handler did not return within %v of its context ending", w.grace()))})
 		})
 	})
 	written, err := w.call(tctx, j)
@@ -475,7 +471,7 @@ func (w *worker) execute(j *job) bool {
 	case errors.Is(err, ErrLeaseLost):
 		r.lost = true
 	default:
-		r.err = w.failure(j, tctx, err)
+		r.err = w.failure(tctx, j, err)
 	}
 	w.finish(r)
 	return true
@@ -483,7 +479,7 @@ func (w *worker) execute(j *job) bool {
 
 // failure is the error recorded for a failed attempt: when the handler's
 // context ended, it says why.
-func (w *worker) failure(j *job, ctx context.Context, err error) error {
+func (w *worker) failure(ctx context.Context, j *job, err error) error {
 	if ctx.Err() == nil {
 		return err
 	}
@@ -505,9 +501,6 @@ func (w *worker) call(ctx context.Context, j *job) (written bool, err error) {
 			written, err = false, &PanicError{Value: p, Stack: debug.Stack()}
 		}
 	}()
-	if j.handler == nil {
-		return false, fmt.Errorf("no handler %q registered for event type %q", j.key, j.eventType)
-	}
 	if th, ok := j.handler.(TxHandler); ok {
 		return w.callTx(ctx, th, j)
 	}
