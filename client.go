@@ -2,7 +2,6 @@ package inbox
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -12,9 +11,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
-
-// ErrNilTx reports a SetTx call with a nil transaction.
-var ErrNilTx = errors.New("inbox: transaction is nil")
 
 // Client stores records in the inbox. Get it from [Inbox.Client]; it is safe
 // for concurrent use and works whether or not the Inbox is started, so a
@@ -80,7 +76,7 @@ func (c *Client) args(records []*Record) ([]any, error) {
 	// One row per (record, handler key). Binary uuids: uuid.UUID would
 	// encode as text.
 	var ids [][16]byte
-	var keys, types []string
+	var rowKeys, types []string
 	var payloads [][]byte
 	var dates []time.Time
 	var unknown map[string]int
@@ -88,7 +84,7 @@ func (c *Client) args(records []*Record) ([]any, error) {
 		if err := r.validate(); err != nil {
 			return nil, fmt.Errorf("record %d: %w", i, err)
 		}
-		handlers, ok := c.routes.byType[r.eventType]
+		keys, ok := c.routes.keys[r.eventType]
 		if !ok {
 			if unknown == nil {
 				unknown = make(map[string]int)
@@ -100,9 +96,9 @@ func (c *Client) args(records []*Record) ([]any, error) {
 		if payload == nil {
 			payload = []byte{}
 		}
-		for _, h := range handlers {
+		for _, key := range keys {
 			ids = append(ids, r.id)
-			keys = append(keys, h.Key())
+			rowKeys = append(rowKeys, key)
 			types = append(types, r.eventType)
 			payloads = append(payloads, payload)
 			dates = append(dates, r.eventDate)
@@ -123,5 +119,5 @@ func (c *Client) args(records []*Record) ([]any, error) {
 			return nil, nil
 		}
 	}
-	return []any{ids, keys, types, payloads, dates, c.notify}, nil
+	return []any{ids, rowKeys, types, payloads, dates, c.notify}, nil
 }

@@ -15,6 +15,9 @@ var (
 	// ErrNoRecords reports a Set or SetTx call with no records.
 	ErrNoRecords = errors.New("inbox: no records to set")
 
+	// ErrNilTx reports a SetTx call with a nil transaction.
+	ErrNilTx = errors.New("inbox: transaction is nil")
+
 	// ErrUnknownEventType reports a record whose event type has no handler in
 	// the registry. Nothing of the call was written. Register a handler with
 	// [Registry.On], or pass [WithUnknownEventTypes]([SkipUnknown]) to New to

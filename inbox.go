@@ -68,14 +68,14 @@ func (i *Inbox) Start(ctx context.Context) error {
 		if err := Migrate(ctx, i.pool); err != nil {
 			return err
 		}
-	}
-	var exists bool
-	var schema *string
-	if err := i.pool.QueryRow(ctx, tableCheckSQL).Scan(&exists, &schema); err != nil {
-		return fmt.Errorf("inbox: start: %w", err)
-	}
-	if !exists {
-		return fmt.Errorf("inbox: start: table inbox_records not found in search_path: run inbox.Migrate, or drop WithoutMigrations")
+	} else {
+		var exists bool
+		if err := i.pool.QueryRow(ctx, tableCheckSQL).Scan(&exists); err != nil {
+			return fmt.Errorf("inbox: start: %w", err)
+		}
+		if !exists {
+			return fmt.Errorf("inbox: start: table inbox_records not found in search_path: run inbox.Migrate, or drop WithoutMigrations")
+		}
 	}
 	w := newWorker(i)
 	if err := w.start(ctx); err != nil {

@@ -14,11 +14,7 @@ const eraseBatch = 10000
 // beat records that this worker is alive, until 3 leases from now.
 func (w *worker) beat(ctx context.Context) error {
 	host, _ := os.Hostname()
-	types := make([]string, 0, len(w.routes.byType))
-	for t := range w.routes.byType {
-		types = append(types, t)
-	}
-	_, err := w.ib.pool.Exec(ctx, workerBeatSQL, w.id, host, os.Getpid(), types,
+	_, err := w.ib.pool.Exec(ctx, workerBeatSQL, w.id, host, os.Getpid(), w.routes.eventTypes,
 		(3 * w.cfg.lease).Milliseconds())
 	if err != nil {
 		return fmt.Errorf("record worker heartbeat: %w", err)

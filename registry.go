@@ -57,9 +57,6 @@ func (h funcHandler) Key() string { return h.key }
 
 // Process calls the handler's function.
 func (h funcHandler) Process(ctx context.Context, payload []byte) error {
-	if h.fn == nil {
-		return fmt.Errorf("handler %q has a nil function", h.key)
-	}
 	return h.fn(ctx, payload)
 }
 
@@ -84,9 +81,6 @@ func (h txFuncHandler) Process(context.Context, []byte) error {
 
 // ProcessTx calls the handler's function inside the worker's transaction.
 func (h txFuncHandler) ProcessTx(ctx context.Context, tx pgx.Tx, payload []byte) error {
-	if h.fn == nil {
-		return fmt.Errorf("handler %q has a nil function", h.key)
-	}
 	return h.fn(ctx, tx, payload)
 }
 
@@ -191,10 +185,15 @@ func (r *Registry) Handlers() map[string][]Handler {
 
 // routes is the immutable snapshot of a registry that an Inbox uses.
 type routes struct {
-	byType map[string][]Handler
-	// types and keys are parallel: one entry per (event type, handler key)
-	// pair, sorted, as passed to SQL.
-	types, keys []string
+	// keys: event type to its handler keys, in registration order.
+	keys map[string][]string
+	// handlers: (event type, handler key) to its handler.
+	handlers map[[2]string]Handler
+	// eventTypes: the registered event types, sorted.
+	eventTypes []string
+	// pairTypes and pairKeys are parallel: one entry per (event type,
+	// handler key) pair, sorted by type, as passed to SQL.
+	pairTypes, pairKeys []string
 }
 
 func (r *Registry) snapshot() (*routes, error) {
@@ -209,29 +208,19 @@ func (r *Registry) snapshot() (*routes, error) {
 	if len(r.handlers) == 0 {
 		return nil, fmt.Errorf("%w: no handlers registered; call Registry.On before New", ErrInvalidRegistry)
 	}
-	rt := &routes{byType: make(map[string][]Handler, len(r.handlers))}
-	for t, hs := range r.handlers {
-		rt.byType[t] = append([]Handler(nil), hs...)
+	rt := &routes{keys: make(map[string][]string, len(r.handlers)), handlers: make(map[[2]string]Handler)}
+	for t := range r.handlers {
+		rt.eventTypes = append(rt.eventTypes, t)
 	}
-	eventTypes := make([]string, 0, len(rt.byType))
-	for t := range rt.byType {
-		eventTypes = append(eventTypes, t)
-	}
-	sort.Strings(eventTypes)
-	for _, t := range eventTypes {
-		for _, h := range rt.byType[t] {
-			rt.types = append(rt.types, t)
-			rt.keys = append(rt.keys, h.Key())
+	sort.Strings(rt.eventTypes)
+	for _, t := range rt.eventTypes {
+		for _, h := range r.handlers[t] {
+			key := h.Key()
+			rt.keys[t] = append(rt.keys[t], key)
+			rt.handlers[[2]string{t, key}] = h
+			rt.pairTypes = append(rt.pairTypes, t)
+			rt.pairKeys = append(rt.pairKeys, key)
 		}
 	}
 	return rt, nil
-}
-
-func (rt *routes) handler(eventType, key string) Handler {
-	for _, h := range rt.byType[eventType] {
-		if h.Key() == key {
-			return h
-		}
-	}
-	return nil
 }

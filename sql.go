@@ -186,4 +186,4 @@ FROM inbox_workers
 WHERE expires_at >= now()
 ORDER BY started_at, id`
 
-const tableCheckSQL = `SELECT to_regclass('inbox_records') IS NOT NULL, current_schema()`
+const tableCheckSQL = `SELECT to_regclass('inbox_records') IS NOT NULL`

@@ -328,7 +328,7 @@ func (w *worker) claim(n int) (int, error) {
 			return c, err
 		})
 		return err
-	}, claimSQL, w.routes.types, w.routes.keys, n, w.cfg.maxAttempts, [16]byte(w.id),
+	}, claimSQL, w.routes.pairTypes, w.routes.pairKeys, n, w.cfg.maxAttempts, [16]byte(w.id),
 		w.cfg.lease.Milliseconds(), "lease expired before a result was written (worker stopped or lost the database)")
 	if err != nil {
 		return 0, err
@@ -337,7 +337,7 @@ func (w *worker) claim(n int) (int, error) {
 	runnable := 0
 	for _, c := range list {
 		if Status(c.status) == Progress {
-			c.j.handler = w.routes.handler(c.j.eventType, c.j.key)
+			c.j.handler = w.routes.handlers[[2]string{c.j.eventType, c.j.key}]
 			c.j.timeout = w.cfg.handlerTimeout
 			if t, ok := c.j.handler.(timeouter); ok {
 				c.j.timeout = t.Timeout()
