@@ -402,11 +402,13 @@ func TestStopHandsBackUnstarted(t *testing.T) {
 	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Progress: 10})
 	stopped := make(chan error, 1)
 	go func() { stopped <- ib.Stop(ctx) }()
-	// The handler is still running: Stop must wait for it.
+	// Stop hands the unstarted rows back before it waits for the running
+	// handler; once they are back, it must still be waiting.
+	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Null: 9, inbox.Progress: 1})
 	select {
 	case err := <-stopped:
 		t.Fatalf("Stop returned %v while a handler was running", err)
-	case <-time.After(50 * time.Millisecond):
+	default:
 	}
 	close(release)
 	if err := <-stopped; err != nil {

@@ -162,6 +162,8 @@ func (w *worker) stop(ctx context.Context) error {
 	w.cancelClaim()
 	w.claimer.Wait()
 	close(w.stopRun)
+	// Hand back what is queued now, even if every runner is busy.
+	w.releaseQueued()
 
 	err := waitCtx(ctx, &w.runners)
 	if err != nil {
@@ -395,7 +397,8 @@ func (w *worker) runLoop() {
 	}
 }
 
-// releaseQueued hands back the jobs still queued when stop began.
+// releaseQueued hands back the jobs still queued when stop began. Stop and
+// the runners may call it at once: each job is taken by one of them.
 func (w *worker) releaseQueued() {
 	for {
 		select {
