@@ -22,20 +22,18 @@ import (
 // handler until it is killed.
 const childEnv = "INBOX_CRASH_CHILD"
 
-func TestCrashChild(t *testing.T) {
-	spec := os.Getenv(childEnv)
-	if spec == "" {
-		return // only meaningful as a child process of the crash tests
-	}
+// runCrashChild is the crash-test child's whole life: TestMain runs it
+// instead of the tests when childEnv is set. It returns only on error.
+func runCrashChild(spec string) error {
 	url, schema, _ := strings.Cut(spec, " ")
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	cfg.ConnConfig.RuntimeParams["search_path"] = schema
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	reg := inbox.NewRegistry()
 	reg.On("crash", inbox.HandlerFunc("h", func(ctx context.Context, _ []byte) error {
@@ -45,10 +43,10 @@ func TestCrashChild(t *testing.T) {
 	ib, err := inbox.New(pool, reg, inbox.WithLease(time.Second), inbox.WithHandlerTimeout(time.Hour),
 		inbox.WithIterationRate(20*time.Millisecond), inbox.WithoutMigrations())
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if err := ib.Start(context.Background()); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	select {} // until SIGKILL
 }
@@ -58,7 +56,7 @@ func TestCrashChild(t *testing.T) {
 // SIGKILL.
 func crashChild(t *testing.T, pool *pgxpool.Pool, schema string, n, attempt int) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$")
+	cmd := exec.Command(os.Args[0]) // TestMain sees childEnv and runs runCrashChild
 	cmd.Env = append(os.Environ(), childEnv+"="+testDatabaseURL+" "+schema)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out

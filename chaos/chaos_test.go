@@ -3,7 +3,7 @@
 // crashes.
 //
 // TestChaos starts a throwaway PostgreSQL cluster, 4 worker processes and
-// 2 writer processes (the test binary re-run as TestChaosWorker). While the
+// 2 writer processes (the test binary re-run in a child role). While the
 // writers store events with duplicates, retrying every failed Set, a worker
 // is killed with SIGKILL and restarted every 2 seconds, and PostgreSQL is
 // stopped in immediate mode and restarted twice. Once everything is

@@ -20,8 +20,8 @@ import (
 	"github.com/pginbox/inbox"
 )
 
-// roleEnv carries a child process's childConfig as JSON. Without it,
-// TestChaosWorker returns at once.
+// roleEnv carries a child process's childConfig as JSON; TestMain then
+// runs that role instead of the tests.
 const roleEnv = "INBOX_CHAOS_ROLE"
 
 // The child roles.
@@ -81,17 +81,25 @@ type writerSummary struct {
 	Elapsed    time.Duration `json:"elapsed"`
 }
 
-// TestChaosWorker is the body of TestChaos's child processes: a worker
-// process or a writer process, as roleEnv says. Run directly, it does
-// nothing.
-func TestChaosWorker(t *testing.T) {
-	spec := os.Getenv(roleEnv)
-	if spec == "" {
-		return // only meaningful as a child process of TestChaos
+// TestMain runs a child process's role instead of the tests when roleEnv
+// is set: TestChaos starts its worker and writer processes that way.
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(roleEnv); spec != "" {
+		if err := runChild(spec); err != nil {
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
+	os.Exit(m.Run())
+}
+
+// runChild is the body of TestChaos's child processes: a worker process or
+// a writer process, as spec (a childConfig in JSON) says.
+func runChild(spec string) error {
 	var cfg childConfig
 	if err := json.Unmarshal([]byte(spec), &cfg); err != nil {
-		t.Fatalf("parse %s: %v", roleEnv, err)
+		fmt.Fprintf(os.Stderr, "chaos child failed: parse %s: %v\n", roleEnv, err)
+		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).
 		With("proc", cfg.Name, "pid", os.Getpid())
@@ -106,8 +114,8 @@ func TestChaosWorker(t *testing.T) {
 	}
 	if err != nil {
 		log.Error("chaos child failed", "error", err)
-		t.Fatal(err)
 	}
+	return err
 }
 
 // newPool returns a pool that does not connect until used, so it can be

@@ -158,21 +158,24 @@ func databaseExists(t *testing.T, adminURL, name string) bool {
 // prints its directory and waits to be killed.
 const guardChildEnv = "PGSERVER_GUARD_CHILD"
 
-func TestGuardChild(t *testing.T) {
-	if os.Getenv(guardChildEnv) == "" {
-		return // only meaningful as the child process of TestClusterGuard
+// TestMain runs the guard child's role instead of the tests when
+// guardChildEnv is set.
+func TestMain(m *testing.M) {
+	if os.Getenv(guardChildEnv) != "" {
+		c, err := StartCluster(context.Background())
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "guard child:", err)
+			os.Exit(1)
+		}
+		fmt.Println(c.Dir)
+		select {} // until killed: Close never runs
 	}
-	c, err := StartCluster(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Println(c.Dir)
-	select {} // until killed: Close never runs
+	os.Exit(m.Run())
 }
 
 // A process that dies without Close leaves no server and no directory.
 func TestClusterGuard(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestGuardChild$")
+	cmd := exec.Command(os.Args[0]) // TestMain sees guardChildEnv
 	cmd.Env = append(os.Environ(), guardChildEnv+"=1")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
