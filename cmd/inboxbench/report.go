@@ -125,6 +125,80 @@ func fmtMiB(bytes int64) string {
 
 func fmtSecs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
 
+// spread is one figure measured in several repetitions: its median and
+// its range. Ratios between figures are taken between medians.
+type spread struct {
+	n           int
+	med, lo, hi float64
+}
+
+// spreadOf returns the median of xs (the mean of the middle two for an
+// even count) and their minimum and maximum. NaNs, which stand for a
+// figure a repetition could not measure, are left out.
+func spreadOf(xs []float64) spread {
+	s := make([]float64, 0, len(xs))
+	for _, x := range xs {
+		if !math.IsNaN(x) {
+			s = append(s, x)
+		}
+	}
+	if len(s) == 0 {
+		return spread{med: math.NaN(), lo: math.NaN(), hi: math.NaN()}
+	}
+	slices.Sort(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return spread{n: len(s), med: m, lo: s[0], hi: s[len(s)-1]}
+}
+
+// spreadBy returns the spread of f over runs.
+func spreadBy[T any](runs []T, f func(T) float64) spread {
+	xs := make([]float64, len(runs))
+	for i, r := range runs {
+		xs[i] = f(r)
+	}
+	return spreadOf(xs)
+}
+
+// format renders the spread as "median unit (min–max)", each number
+// formatted by num; a single measurement shows alone.
+func (s spread) format(num func(float64) string, unit string) string {
+	switch {
+	case s.n == 0:
+		return "n/a"
+	case s.n == 1:
+		return num(s.med) + unit
+	}
+	return num(s.med) + unit + " (" + num(s.lo) + "–" + num(s.hi) + ")"
+}
+
+// over returns the ratio of two medians.
+func (s spread) over(t spread) float64 { return s.med / t.med }
+
+func groupF(x float64) string { return group(int64(math.Round(x))) }
+
+// rateCell formats a spread of rates in events per second.
+func rateCell(s spread) string { return s.format(groupF, "/s") }
+
+// msCell formats a spread of milliseconds.
+func msCell(s spread) string {
+	return s.format(func(x float64) string { return fmt.Sprintf("%.3f", x) }, " ms")
+}
+
+// usCell formats a spread of microseconds.
+func usCell(s spread) string {
+	return s.format(func(x float64) string { return fmt.Sprintf("%.1f", x) }, " µs")
+}
+
+// secsCell formats a spread of seconds.
+func secsCell(s spread) string {
+	return s.format(func(x float64) string { return fmt.Sprintf("%.2f", x) }, " s")
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
 // latencies summarises a sample of durations.
 type latencies struct {
 	n                  int
