@@ -14,7 +14,8 @@ import (
 	"github.com/pginbox/inbox"
 )
 
-// Every benchmark event has this type and one handler, so one row.
+// Every benchmark event has this type and, but in Burst, one handler, so
+// one row.
 const (
 	eventType   = "bench.created"
 	handlerKey  = "noop"
@@ -56,20 +57,31 @@ func records(start, n int) []*inbox.Record {
 }
 
 // newInbox returns an Inbox on pool with the default options, a quiet
-// logger and h as the only handler.
-func (b *bench) newInbox(pool *pgxpool.Pool, h inbox.Handler, opts ...inbox.Option) (*inbox.Inbox, error) {
+// logger and hs as the handlers of the event type.
+func (b *bench) newInbox(pool *pgxpool.Pool, hs ...inbox.Handler) (*inbox.Inbox, error) {
 	reg := inbox.NewRegistry()
-	reg.On(eventType, h)
-	return inbox.New(pool, reg, append([]inbox.Option{inbox.WithLogger(b.log)}, opts...)...)
+	reg.On(eventType, hs...)
+	return inbox.New(pool, reg, inbox.WithLogger(b.log))
 }
 
 // noop is a handler that does nothing.
 var noop = inbox.HandlerFunc(handlerKey, func(context.Context, []byte) error { return nil })
 
-// libSet stores n events with the library's Set in batches of 1,000 and
-// returns the time spent inside Set (record generation is not timed).
-func (b *bench) libSet(ctx context.Context, n int) (time.Duration, error) {
-	ib, err := b.newInbox(b.lib, noop)
+// noops returns a no-op handler for each key.
+func noops(keys []string) []inbox.Handler {
+	hs := make([]inbox.Handler, len(keys))
+	for i, k := range keys {
+		hs[i] = inbox.HandlerFunc(k, func(context.Context, []byte) error { return nil })
+	}
+	return hs
+}
+
+// libSet stores n events with the library's Set in batches of 1,000 into
+// pool's table, with a handler registered for each of keys (handlerKey if
+// none), and returns the time spent inside Set (record generation is not
+// timed).
+func (b *bench) libSet(ctx context.Context, pool *pgxpool.Pool, n int, keys ...string) (time.Duration, error) {
+	ib, err := b.newInbox(pool, noops(orDefaultKey(keys))...)
 	if err != nil {
 		return 0, err
 	}
@@ -86,6 +98,13 @@ func (b *bench) libSet(ctx context.Context, n int) (time.Duration, error) {
 	return took, nil
 }
 
+func orDefaultKey(keys []string) []string {
+	if len(keys) == 0 {
+		return []string{handlerKey}
+	}
+	return keys
+}
+
 // counter is a no-op handler that counts its calls and closes done at the
 // target.
 type counter struct {
@@ -98,13 +117,24 @@ func newCounter(target int) *counter {
 	return &counter{target: int64(target), done: make(chan struct{})}
 }
 
-func (c *counter) handler() inbox.Handler {
-	return inbox.HandlerFunc(handlerKey, func(context.Context, []byte) error {
-		if c.n.Add(1) == c.target {
-			close(c.done)
-		}
-		return nil
-	})
+// handler returns a counting no-op handler with key handlerKey.
+func (c *counter) handler() inbox.Handler { return c.handlers([]string{handlerKey})[0] }
+
+// handlers returns a counting no-op handler for each key, all counting
+// into c.
+func (c *counter) handlers(keys []string) []inbox.Handler {
+	hs := make([]inbox.Handler, len(keys))
+	for i, k := range keys {
+		hs[i] = inbox.HandlerFunc(k, c.count)
+	}
+	return hs
+}
+
+func (c *counter) count(context.Context, []byte) error {
+	if c.n.Add(1) == c.target {
+		close(c.done)
+	}
+	return nil
 }
 
 // wait waits until the handler ran target times, failing if no handler
@@ -154,12 +184,13 @@ func waitFinished(ctx context.Context, pool *pgxpool.Pool, every, within time.Du
 	}
 }
 
-// libDrain starts an Inbox with a counting no-op handler on the library's
-// table holding n due rows and returns the time from Start until every row
-// is done.
-func (b *bench) libDrain(ctx context.Context, n int) (time.Duration, error) {
-	c := newCounter(n)
-	ib, err := b.newInbox(b.lib, c.handler())
+// libDrain starts an Inbox with a counting no-op handler for each of keys
+// (handlerKey if none) on pool's table holding n due events and returns
+// the time from Start until every row is done.
+func (b *bench) libDrain(ctx context.Context, pool *pgxpool.Pool, n int, keys ...string) (time.Duration, error) {
+	keys = orDefaultKey(keys)
+	c := newCounter(n * len(keys))
+	ib, err := b.newInbox(pool, c.handlers(keys)...)
 	if err != nil {
 		return 0, err
 	}
@@ -171,7 +202,7 @@ func (b *bench) libDrain(ctx context.Context, n int) (time.Duration, error) {
 	if err := c.wait(ctx, 30*time.Second); err != nil {
 		return 0, err
 	}
-	if err := waitFinished(ctx, b.lib, time.Millisecond, 30*time.Second); err != nil {
+	if err := waitFinished(ctx, pool, time.Millisecond, 30*time.Second); err != nil {
 		return 0, err
 	}
 	return time.Since(t0), nil

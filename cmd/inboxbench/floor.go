@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // The floors: the least a hand-written program would do on the same table
@@ -17,19 +18,34 @@ import (
 
 var copyColumns = []string{"event_id", "handler_key", "event_type", "payload", "event_date"}
 
-// floorCopy COPYs n rows into the floor table, 1,000 rows per CopyFrom
-// (each its own transaction, like one Set call), and returns the time spent
-// in CopyFrom.
-func (b *bench) floorCopy(ctx context.Context, n int) (time.Duration, error) {
+// floorCopy COPYs n events into the floor table, one row per handler key
+// in keys, 1,000 events per CopyFrom (each its own transaction, like one
+// Set call), and returns the time spent in CopyFrom.
+func (b *bench) floorCopy(ctx context.Context, pool *pgxpool.Pool, n int, keys ...string) (time.Duration, error) {
+	if len(keys) == 0 {
+		keys = []string{handlerKey}
+	}
+	return copyEvents(ctx, pool, "inbox_records", copyColumns, n, len(keys), func(seq, k int, now time.Time) []any {
+		return []any{uuid.New(), keys[k], eventType, payload(seq), now}
+	})
+}
+
+// copyEvents COPYs n events of fanout rows each into table, 1,000 events
+// per CopyFrom, building row k of event seq with row; it returns the time
+// spent in CopyFrom (building the rows is not timed).
+func copyEvents(ctx context.Context, pool *pgxpool.Pool, table string, columns []string, n, fanout int,
+	row func(seq, k int, now time.Time) []any) (time.Duration, error) {
 	var took time.Duration
 	for start := 0; start < n; start += setBatch {
 		now := time.Now()
-		rows := make([][]any, min(setBatch, n-start))
-		for i := range rows {
-			rows[i] = []any{uuid.New(), handlerKey, eventType, payload(start + i), now}
+		rows := make([][]any, 0, min(setBatch, n-start)*fanout)
+		for seq := start; seq < min(start+setBatch, n); seq++ {
+			for k := range fanout {
+				rows = append(rows, row(seq, k, now))
+			}
 		}
 		t := time.Now()
-		if _, err := b.floor.CopyFrom(ctx, pgx.Identifier{"inbox_records"}, copyColumns, pgx.CopyFromRows(rows)); err != nil {
+		if _, err := pool.CopyFrom(ctx, pgx.Identifier{table}, columns, pgx.CopyFromRows(rows)); err != nil {
 			return 0, fmt.Errorf("copy: %w", err)
 		}
 		took += time.Since(t)
@@ -60,8 +76,15 @@ WHERE ctid = ANY ($1::tid[])`
 // optimised away.
 var floorNoop = func([]byte) {}
 
-// floorDrain drains the floor table on one connection: claim 500 rows,
-// call a no-op per row, mark the batch done in one statement, until a
+// floorDrain drains the floor table of pool with [sqlDrain] and the
+// same-shape statements.
+func (b *bench) floorDrain(ctx context.Context, pool *pgxpool.Pool) (time.Duration, int, error) {
+	return sqlDrain(ctx, pool, floorClaimSQL, floorDoneSQL, uuid.New())
+}
+
+// sqlDrain drains a table on one connection: claim (a statement returning
+// ctid and payload of up to 500 rows it took), call a no-op per row, mark
+// the batch done in one statement (done, taking the ctids as $1), until a
 // claim returns nothing. It returns the time taken and the rows drained.
 //
 // Both statements reach rows by ctid = ANY(array), which the planner can
@@ -70,18 +93,17 @@ var floorNoop = func([]byte) {}
 // whenever that looks cheaper than the TID lookups, as it does below about
 // 100,000 rows. The claim's new ctid stays valid for the done UPDATE: only
 // this connection updates a claimed row.
-func (b *bench) floorDrain(ctx context.Context) (time.Duration, int, error) {
-	conn, err := b.floor.Acquire(ctx)
+func sqlDrain(ctx context.Context, pool *pgxpool.Pool, claim, done string, claimArgs ...any) (time.Duration, int, error) {
+	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer conn.Release()
-	worker := uuid.New()
 	tids := make([]pgtype.TID, 0, 500)
 	total := 0
 	t0 := time.Now()
 	for {
-		rows, err := conn.Query(ctx, floorClaimSQL, worker)
+		rows, err := conn.Query(ctx, claim, claimArgs...)
 		if err != nil {
 			return 0, 0, fmt.Errorf("claim: %w", err)
 		}
@@ -102,7 +124,7 @@ func (b *bench) floorDrain(ctx context.Context) (time.Duration, int, error) {
 		if len(tids) == 0 {
 			return time.Since(t0), total, nil
 		}
-		if _, err := conn.Exec(ctx, floorDoneSQL, tids); err != nil {
+		if _, err := conn.Exec(ctx, done, tids); err != nil {
 			return 0, 0, fmt.Errorf("done: %w", err)
 		}
 		total += len(tids)

@@ -31,6 +31,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -44,6 +45,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pginbox/inbox"
@@ -53,6 +55,7 @@ import (
 // size holds the event counts and windows of one -size.
 type size struct {
 	name       string
+	reps       int           // repetitions of each measurement (-reps overrides)
 	w1         []int         // W1 drain sizes; the first is the reference
 	w1b        int           // W1b: sequential one-event Sets
 	w2         int           // W2: events sent 20 ms apart
@@ -62,9 +65,9 @@ type size struct {
 }
 
 var sizes = map[string]size{
-	"small": {name: "small", w1: []int{20_000}, w1b: 300, w2: 50, w3: 10_000,
+	"small": {name: "small", reps: 3, w1: []int{20_000}, w1b: 300, w2: 50, w3: 10_000,
 		idleRows: 100_000, idleWindow: 3 * time.Second},
-	"full": {name: "full", w1: []int{20_000, 100_000, 1_000_000}, w1b: 2_000, w2: 200, w3: 100_000,
+	"full": {name: "full", reps: 5, w1: []int{20_000, 100_000, 1_000_000}, w1b: 2_000, w2: 200, w3: 100_000,
 		idleRows: 1_000_000, idleWindow: 10 * time.Second},
 }
 
@@ -79,6 +82,8 @@ const (
 // bench is what every workload needs.
 type bench struct {
 	size     size
+	reps     int  // repetitions of each measurement
+	repsSet  bool // -reps was given: no workload lowers reps
 	dbURL    string
 	lib      *pgxpool.Pool // search_path bench_lib: the library's table
 	floor    *pgxpool.Pool // search_path bench_floor: the floors' table
@@ -94,9 +99,10 @@ func main() {
 	workerOut := flag.String("worker-out", "", "internal: file a W3 worker writes its handler runs to")
 	sizeFlag := flag.String("size", "small", "small (CI smoke test, under a minute) or full (the real measurement)")
 	only := flag.String("only", "", "comma-separated workloads to run: "+strings.Join(workloads, ","))
+	reps := flag.Int("reps", 0, "repetitions of each measurement (default 5 at -size full, 3 at -size small)")
 	serverURL := flag.String("url", "", "PostgreSQL server URL to create the benchmark database on (default: pgserver.Find)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: inboxbench [-size small|full] [-only W1,W1b,W2,W3,Idle] [-url URL]\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: inboxbench [-size small|full] [-reps N] [-only W1,W1b,W2,W3,Idle] [-url URL]\n")
 		flag.VisitAll(func(f *flag.Flag) {
 			if !strings.HasPrefix(f.Name, "worker") {
 				fmt.Fprintf(flag.CommandLine.Output(), "  -%s\t%s (default %q)\n", f.Name, f.Usage, f.DefValue)
@@ -125,7 +131,11 @@ func main() {
 		fmt.Fprintf(os.Stderr, "inboxbench: %v\n", err)
 		os.Exit(2)
 	}
-	code, err := run(ctx, sz, selected, *serverURL)
+	if *reps < 0 {
+		fmt.Fprintf(os.Stderr, "inboxbench: -reps must be positive, not %d\n", *reps)
+		os.Exit(2)
+	}
+	code, err := run(ctx, sz, *reps, selected, *serverURL)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "inboxbench: %v\n", err)
 		os.Exit(1)
@@ -156,7 +166,7 @@ func parseOnly(only string) ([]string, error) {
 	return out, nil
 }
 
-func run(ctx context.Context, sz size, selected []string, serverURL string) (code int, err error) {
+func run(ctx context.Context, sz size, reps int, selected []string, serverURL string) (code int, err error) {
 	started := time.Now()
 	setupCtx, cancelSetup := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancelSetup()
@@ -178,16 +188,18 @@ func run(ctx context.Context, sz size, selected []string, serverURL string) (cod
 	}()
 
 	b := &bench{
-		size:  sz,
-		dbURL: dbURL,
-		log:   slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		out:   os.Stdout,
+		size:    sz,
+		reps:    cmp.Or(reps, sz.reps),
+		repsSet: reps > 0,
+		dbURL:   dbURL,
+		log:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		out:     os.Stdout,
 	}
-	if b.lib, err = b.schemaPool(setupCtx, libSchema); err != nil {
+	if b.lib, err = b.schemaPool(setupCtx, libSchema, true); err != nil {
 		return 1, err
 	}
 	defer b.lib.Close()
-	if b.floor, err = b.schemaPool(setupCtx, floorSchema); err != nil {
+	if b.floor, err = b.schemaPool(setupCtx, floorSchema, true); err != nil {
 		return 1, err
 	}
 	defer b.floor.Close()
@@ -234,9 +246,9 @@ func run(ctx context.Context, sz size, selected []string, serverURL string) (cod
 	return b.exitCode, nil
 }
 
-// schemaPool creates schema, migrates the inbox into it and returns a pool
-// whose connections work in it.
-func (b *bench) schemaPool(ctx context.Context, schema string) (*pgxpool.Pool, error) {
+// schemaPool returns a pool whose connections work in schema, which it
+// creates afresh with [newSchema].
+func (b *bench) schemaPool(ctx context.Context, schema string, migrate bool) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(b.dbURL)
 	if err != nil {
 		return nil, fmt.Errorf("parse database URL: %w", err)
@@ -246,22 +258,38 @@ func (b *bench) schemaPool(ctx context.Context, schema string) (*pgxpool.Pool, e
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
-	if _, err := pool.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+schema); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("create schema %s: %w", schema, err)
-	}
-	if err := inbox.Migrate(ctx, pool); err != nil {
+	if err := newSchema(ctx, pool, schema, migrate); err != nil {
 		pool.Close()
 		return nil, err
 	}
 	return pool, nil
 }
 
+// newSchema creates schema, dropping any earlier one with all it holds,
+// and if migrate, migrates the inbox into it through pool (whose
+// search_path must be schema). Its tables have no statistics yet.
+func newSchema(ctx context.Context, pool *pgxpool.Pool, schema string, migrate bool) error {
+	id := pgx.Identifier{schema}.Sanitize()
+	if _, err := pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+id+" CASCADE"); err != nil {
+		return fmt.Errorf("drop schema %s: %w", schema, err)
+	}
+	if _, err := pool.Exec(ctx, "CREATE SCHEMA "+id); err != nil {
+		return fmt.Errorf("create schema %s: %w", schema, err)
+	}
+	if migrate {
+		if err := inbox.Migrate(ctx, pool); err != nil {
+			return fmt.Errorf("migrate schema %s: %w", schema, err)
+		}
+	}
+	return nil
+}
+
 func (b *bench) printf(format string, args ...any) {
 	fmt.Fprintf(b.out, format, args...)
 }
 
-// reset empties a table and leaves it as a caught-up autovacuum would.
+// reset empties the inbox tables of pool and leaves them as a caught-up
+// autovacuum would.
 func (b *bench) reset(ctx context.Context, pool *pgxpool.Pool) error {
 	if _, err := pool.Exec(ctx, "TRUNCATE inbox_records, inbox_workers"); err != nil {
 		return fmt.Errorf("truncate: %w", err)
@@ -269,12 +297,22 @@ func (b *bench) reset(ctx context.Context, pool *pgxpool.Pool) error {
 	return b.settle(ctx, pool)
 }
 
-// settle runs VACUUM ANALYZE on the table after a bulk load, then a
+// settle runs VACUUM ANALYZE on the inbox table after a bulk load, then a
 // CHECKPOINT so the next timed phase does not pay for earlier writes.
 func (b *bench) settle(ctx context.Context, pool *pgxpool.Pool) error {
-	if _, err := pool.Exec(ctx, "VACUUM ANALYZE inbox_records"); err != nil {
+	return b.settleTable(ctx, pool, "inbox_records")
+}
+
+// settleTable runs VACUUM ANALYZE on table, then a CHECKPOINT.
+func (b *bench) settleTable(ctx context.Context, pool *pgxpool.Pool, table string) error {
+	if _, err := pool.Exec(ctx, "VACUUM ANALYZE "+pgx.Identifier{table}.Sanitize()); err != nil {
 		return fmt.Errorf("vacuum analyze: %w", err)
 	}
+	return b.checkpoint(ctx, pool)
+}
+
+// checkpoint runs a CHECKPOINT if the role may.
+func (b *bench) checkpoint(ctx context.Context, pool *pgxpool.Pool) error {
 	if b.canCkpt {
 		if _, err := pool.Exec(ctx, "CHECKPOINT"); err != nil {
 			return fmt.Errorf("checkpoint: %w", err)

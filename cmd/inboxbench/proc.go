@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"runtime/debug"
 	"strconv"
@@ -161,10 +162,29 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// cpuUse is the CPU time spent in a window by this process and, when it
+// runs on this machine, by the PostgreSQL server (pgKnown).
+type cpuUse struct {
+	goCPU, pgCPU time.Duration
+	pgKnown      bool
+}
+
+// perEvent returns the Go, PostgreSQL and total CPU time per event in
+// microseconds; the PostgreSQL and total figures are NaN when the server's
+// CPU is unknown.
+func (c cpuUse) perEvent(n int) (goUS, pgUS, totalUS float64) {
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(n) }
+	goUS, pgUS, totalUS = us(c.goCPU), math.NaN(), math.NaN()
+	if c.pgKnown {
+		pgUS, totalUS = us(c.pgCPU), us(c.goCPU+c.pgCPU)
+	}
+	return goUS, pgUS, totalUS
+}
+
 // startCPU starts measuring the CPU time of this process and, if it runs
 // on this machine, of the PostgreSQL server; the returned function stops
-// and formats both.
-func (b *bench) startCPU(ctx context.Context) func() (goCPU, pgCPU string) {
+// the measurement.
+func (b *bench) startCPU(ctx context.Context) func() cpuUse {
 	self0 := selfCPU()
 	var srv *serverCPU
 	var snap0 cpuSnapshot
@@ -173,15 +193,16 @@ func (b *bench) startCPU(ctx context.Context) func() (goCPU, pgCPU string) {
 			srv = s
 		}
 	}
-	return func() (string, string) {
-		goCPU := fmtSecs(selfCPU() - self0)
+	return func() cpuUse {
+		use := cpuUse{goCPU: selfCPU() - self0}
 		if srv == nil {
-			return goCPU, "n/a"
+			return use
 		}
 		snap1, err := srv.snapshot()
 		if err != nil {
-			return goCPU, "n/a"
+			return use
 		}
-		return goCPU, fmtSecs(cpuBetween(snap0, snap1))
+		use.pgCPU, use.pgKnown = cpuBetween(snap0, snap1), true
+		return use
 	}
 }

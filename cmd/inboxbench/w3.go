@@ -104,7 +104,7 @@ func (b *bench) w3run(ctx context.Context, exe string, procs, n int) (res w3Resu
 	if err := b.reset(ctx, b.lib); err != nil {
 		return res, err
 	}
-	if _, err := b.libSet(ctx, n); err != nil {
+	if _, err := b.libSet(ctx, b.lib, n); err != nil {
 		return res, err
 	}
 	if err := b.settle(ctx, b.lib); err != nil {
