@@ -51,30 +51,45 @@ func (b *bench) idle(ctx context.Context) error {
 		}
 		return cpuBetween(a, z), selfCPU() - s0, nil
 	}
-	floorPG, floorSelf, err := measure()
-	if err != nil {
-		return err
+	// Windows alternate: no worker, an idle worker, no worker, ...
+	type idleRun struct{ floorPG, floorSelf, libPG, libSelf time.Duration }
+	var runs []idleRun
+	var rss int64
+	for range b.reps {
+		var r idleRun
+		if r.floorPG, r.floorSelf, err = measure(); err != nil {
+			return err
+		}
+		ib, err := b.startListening(ctx, noop)
+		if err != nil {
+			return err
+		}
+		r.libPG, r.libSelf, err = measure()
+		rss = max(rss, peakRSS())
+		stopInbox(ib)
+		if err != nil {
+			return err
+		}
+		runs = append(runs, r)
+		time.Sleep(200 * time.Millisecond) // let the worker's stop pass
 	}
-
-	ib, err := b.startListening(ctx, noop)
-	if err != nil {
-		return err
-	}
-	defer stopInbox(ib)
-	libPG, libSelf, err := measure()
-	if err != nil {
-		return err
-	}
-	rss := peakRSS()
-	stopInbox(ib)
 
 	pct := func(d time.Duration) float64 { return 100 * d.Seconds() / window.Seconds() }
-	core := func(d time.Duration) string { return fmt.Sprintf("%.2f %% (%v)", pct(d), d) }
-	t.add("PostgreSQL CPU, % of one core", core(libPG), core(floorPG)+" no worker", fmtRatio(float64(libPG)/float64(floorPG)),
-		"<= 1 % of a core", b.check("Idle", "PostgreSQL CPU <= 1 % of a core", fmt.Sprintf("%.2f %%", pct(libPG)), pct(libPG) <= 1))
-	t.add("  of which the worker's (difference)", fmt.Sprintf("%.2f %%", pct(libPG-floorPG)), "", "", "", "")
-	t.add("Go process CPU, % of one core", core(libSelf), core(floorSelf), "", "", "")
-	t.add("peak RSS, Go process", fmtMiB(rss), "", "", "", "")
+	fig := func(f func(idleRun) time.Duration) spread {
+		return spreadBy(runs, func(r idleRun) float64 { return pct(f(r)) })
+	}
+	pctCell := func(s spread) string {
+		return s.format(func(x float64) string { return fmt.Sprintf("%.2f", x) }, " %")
+	}
+	libPG, floorPG := fig(func(r idleRun) time.Duration { return r.libPG }), fig(func(r idleRun) time.Duration { return r.floorPG })
+	t.add("PostgreSQL CPU, % of one core", pctCell(libPG), pctCell(floorPG)+" no worker", fmtRatio(libPG.over(floorPG)),
+		"<= 1 % of a core", b.check("Idle", "PostgreSQL CPU <= 1 % of a core", fmt.Sprintf("%.2f %%", libPG.med), libPG.med <= 1))
+	t.add("  of which the worker's (difference)", pctCell(fig(func(r idleRun) time.Duration { return r.libPG - r.floorPG })), "", "", "", "")
+	t.add("Go process CPU, % of one core", pctCell(fig(func(r idleRun) time.Duration { return r.libSelf })),
+		pctCell(fig(func(r idleRun) time.Duration { return r.floorSelf })), "", "", "")
+	t.add("peak RSS, Go process (max of runs)", fmtMiB(rss), "", "", "", "")
+	t.note("median (min–max) of %d pairs of %v windows, alternating: no worker, then an idle worker (started anew", b.reps, window)
+	t.note("each time, its start-up claim let pass before the window); the difference is taken per pair")
 	t.note("CPU is utime+stime from /proc/<pid>/stat of the postmaster and all its children (exited ones through the")
 	t.note("postmaster's cutime/cstime), in 10 ms ticks; done rows were inserted by SQL, then VACUUM ANALYZE")
 	b.print(t)

@@ -66,7 +66,7 @@ type size struct {
 
 var sizes = map[string]size{
 	"small": {name: "small", reps: 3, w1: []int{20_000}, w1b: 300, w2: 50, w3: 10_000,
-		idleRows: 100_000, idleWindow: 3 * time.Second},
+		idleRows: 100_000, idleWindow: 2 * time.Second},
 	"full": {name: "full", reps: 5, w1: []int{20_000, 100_000, 1_000_000}, w1b: 2_000, w2: 200, w3: 100_000,
 		idleRows: 1_000_000, idleWindow: 10 * time.Second},
 }

@@ -59,3 +59,12 @@ func TestSpreadBy(t *testing.T) {
 		t.Fatalf("spreadBy = %+v", s)
 	}
 }
+
+func TestLargest(t *testing.T) {
+	for k, want := range map[int]string{1: "largest", 2: "2nd-largest", 3: "3rd-largest", 4: "4th-largest",
+		11: "11th-largest", 12: "12th-largest", 21: "21st-largest", 22: "22nd-largest", 103: "103rd-largest"} {
+		if got := largest(k); got != want {
+			t.Errorf("largest(%d) = %q, want %q", k, got, want)
+		}
+	}
+}
