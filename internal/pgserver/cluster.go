@@ -65,7 +65,7 @@ func StartCluster(ctx context.Context) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	cred, err := unprivilegedCredential()
+	cred, err := UnprivilegedCredential()
 	if err != nil {
 		return nil, err
 	}
@@ -116,7 +116,7 @@ func (c *Cluster) init(ctx context.Context) error {
 func (c *Cluster) startOnFreePort(ctx context.Context) error {
 	var err error
 	for range 3 {
-		if c.Port, err = freePort(); err != nil {
+		if c.Port, err = FreePort(); err != nil {
 			return err
 		}
 		c.URL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", c.Port)
@@ -300,10 +300,10 @@ func isExecutable(path string) bool {
 	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
 }
 
-// unprivilegedCredential returns the user to run PostgreSQL programs as:
-// nil when not running as root, else user "postgres" or, failing that,
-// "nobody".
-func unprivilegedCredential() (*syscall.Credential, error) {
+// UnprivilegedCredential returns the user to run programs that refuse to
+// run as root (PostgreSQL, PgBouncer) as: nil when not running as root,
+// else user "postgres" or, failing that, "nobody".
+func UnprivilegedCredential() (*syscall.Credential, error) {
 	if os.Geteuid() != 0 {
 		return nil, nil
 	}
@@ -322,11 +322,12 @@ func unprivilegedCredential() (*syscall.Credential, error) {
 		}
 		return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 	}
-	return nil, errors.New(`running as root, which PostgreSQL refuses, and found no user "postgres" or "nobody" to run it as`)
+	return nil, errors.New(`running as root, which PostgreSQL and PgBouncer refuse, and found no user "postgres" or "nobody" to run them as`)
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago;
+// another process may take it before the caller binds it.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("find a free port: %w", err)
