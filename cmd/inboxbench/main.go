@@ -19,6 +19,8 @@
 //	      against 1; proves no (event, handler) ran twice.
 //	Idle  PostgreSQL CPU used by an idle worker on a table of finished
 //	      rows; floor: the same window without a worker.
+//	Burst a burst of events with 3 handlers each into a just-created
+//	      table, drained with no ANALYZE vs after ANALYZE.
 //
 // Usage:
 //
@@ -60,19 +62,20 @@ type size struct {
 	w1b        int           // W1b: sequential one-event Sets
 	w2         int           // W2: events sent 20 ms apart
 	w3         int           // W3: events drained by 1 and by 4 processes
+	burst      int           // Burst: events, each stored for 3 handlers
 	idleRows   int           // Idle: done rows kept in the table
 	idleWindow time.Duration // Idle: measurement window
 }
 
 var sizes = map[string]size{
-	"small": {name: "small", reps: 3, w1: []int{20_000}, w1b: 300, w2: 50, w3: 10_000,
+	"small": {name: "small", reps: 3, w1: []int{20_000}, w1b: 300, w2: 50, w3: 10_000, burst: 5_000,
 		idleRows: 100_000, idleWindow: 2 * time.Second},
-	"full": {name: "full", reps: 5, w1: []int{20_000, 100_000, 1_000_000}, w1b: 2_000, w2: 200, w3: 100_000,
+	"full": {name: "full", reps: 5, w1: []int{20_000, 100_000, 1_000_000}, w1b: 2_000, w2: 200, w3: 100_000, burst: 60_000,
 		idleRows: 1_000_000, idleWindow: 10 * time.Second},
 }
 
 // workloads in the order they run.
-var workloads = []string{"W1", "W1b", "W2", "W3", "Idle"}
+var workloads = []string{"W1", "W1b", "W2", "W3", "Idle", "Burst"}
 
 const (
 	libSchema   = "bench_lib"
@@ -102,7 +105,7 @@ func main() {
 	reps := flag.Int("reps", 0, "repetitions of each measurement (default 5 at -size full, 3 at -size small)")
 	serverURL := flag.String("url", "", "PostgreSQL server URL to create the benchmark database on (default: pgserver.Find)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: inboxbench [-size small|full] [-reps N] [-only W1,W1b,W2,W3,Idle] [-url URL]\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: inboxbench [-size small|full] [-reps N] [-only W1,W1b,W2,W3,Idle,Burst] [-url URL]\n")
 		flag.VisitAll(func(f *flag.Flag) {
 			if !strings.HasPrefix(f.Name, "worker") {
 				fmt.Fprintf(flag.CommandLine.Output(), "  -%s\t%s (default %q)\n", f.Name, f.Usage, f.DefValue)
@@ -217,14 +220,18 @@ func run(ctx context.Context, sz size, reps int, selected []string, serverURL st
 		version, srv.Source, fsync, syncCommit, sharedBuffers)
 	b.printf("machine: %s, %d CPUs, load average %s (other processes on the machine skew the figures); pools: pgxpool defaults (MaxConns=%d); library options: defaults + quiet logger\n",
 		host, numCPU(), loadAvg(), b.lib.Config().MaxConns)
-	b.printf("method: schema %s holds the library's table, schema %s the floors' (same migration); tables are\n"+
-		"  truncated between runs; after each bulk load VACUUM ANALYZE runs (as caught-up autovacuum would)%s.\n",
-		libSchema, floorSchema, map[bool]string{true: " and a CHECKPOINT", false: " (CHECKPOINT not permitted)"}[b.canCkpt])
+	b.printf("method: schema %s holds the library's table, schema %s the same-shape floors' (same migration), %s\n"+
+		"  the minimal floor's; tables are truncated between runs; after each bulk load VACUUM ANALYZE runs (as caught-up\n"+
+		"  autovacuum would)%s, except in Burst; each figure is the median (min–max) of %d repetitions (-reps) in which\n"+
+		"  library and floor runs take turns; ratios are ratios of medians.\n",
+		libSchema, floorSchema, minSchema, map[bool]string{true: " and a CHECKPOINT", false: " (CHECKPOINT not permitted)"}[b.canCkpt], b.reps)
 
+	var took []string
 	for _, w := range selected {
 		if err := ctx.Err(); err != nil {
 			return 1, err
 		}
+		wStart := time.Now()
 		var werr error
 		switch w {
 		case "W1":
@@ -237,12 +244,15 @@ func run(ctx context.Context, sz size, reps int, selected []string, serverURL st
 			werr = b.w3(ctx)
 		case "Idle":
 			werr = b.idle(ctx)
+		case "Burst":
+			werr = b.burst(ctx)
 		}
 		if werr != nil {
 			return 1, fmt.Errorf("%s: %w", w, werr)
 		}
+		took = append(took, fmt.Sprintf("%s %.0fs", w, time.Since(wStart).Seconds()))
 	}
-	b.printSummary(time.Since(started))
+	b.printSummary(time.Since(started), strings.Join(took, ", "))
 	return b.exitCode, nil
 }
 

@@ -61,7 +61,7 @@ func (b *bench) check(workload, target, figure string, ok bool) string {
 	return res
 }
 
-func (b *bench) printSummary(took time.Duration) {
+func (b *bench) printSummary(took time.Duration, each string) {
 	b.printf("\n== summary (targets are reported, not asserted) ==\n")
 	tw := tabwriter.NewWriter(b.out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "workload\ttarget\tfigure\tresult")
@@ -69,7 +69,7 @@ func (b *bench) printSummary(took time.Duration) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.workload, s.target, s.figure, s.result)
 	}
 	_ = tw.Flush()
-	b.printf("total run time %s; load average at the end: %s\n", took.Round(100*time.Millisecond), loadAvg())
+	b.printf("total run time %s (%s); load average at the end: %s\n", took.Round(100*time.Millisecond), each, loadAvg())
 }
 
 func numCPU() int { return runtime.NumCPU() }
