@@ -462,7 +462,7 @@ func TestBadInput(t *testing.T) {
 				t.Fatal(err)
 			}
 			return ib.Start(ctx)
-		}, msg: []string{"inbox_records not found", "inbox.Migrate"}},
+		}, is: inbox.ErrSchema, msg: []string{"inbox_schema_version not found", "inbox.Migrate"}},
 
 		// ---- handlers ----
 		{name: "handler returns a wrapped error", parallel: true,

@@ -1,26 +1,61 @@
 package inbox
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // Client stores records in the inbox. Get it from [Inbox.Client]; it is safe
 // for concurrent use and works whether or not the Inbox is started, so a
 // process may store events and leave processing to others.
 type Client struct {
-	pool    *pgxpool.Pool
-	routes  *routes
-	unknown UnknownEventTypes
-	notify  bool
-	logger  *slog.Logger
+	db        db
+	routes    *routes
+	unknown   UnknownEventTypes
+	conflicts ConflictingDuplicates
+	notify    bool
+	logger    *slog.Logger
+}
+
+// SetResult says what a Set did with its records. Each record is counted
+// once: New + Duplicates + Conflicting + Skipped = Records.
+type SetResult struct {
+	// Records is the number of records given.
+	Records int
+	// New counts records stored now: at least one of their rows (one per
+	// handler key) was inserted.
+	New int
+	// Duplicates counts records stored before (or earlier in the same
+	// call) with the same event type and payload: nothing was written for
+	// them.
+	Duplicates int
+	// Conflicting counts records whose id is stored already (or earlier in
+	// the call) with another event type or payload. Their existing rows are
+	// left as they are; rows for handler keys that had none yet are stored.
+	// With [RejectConflicting] Set fails instead and writes nothing.
+	Conflicting int
+	// Skipped counts records of event types with no handler, skipped under
+	// [SkipUnknown].
+	Skipped int
+	// Rows is the number of rows inserted: one per new (record, handler
+	// key).
+	Rows int
+	// ConflictingIDs lists the conflicting records' ids, each once, in the
+	// order of the call.
+	ConflictingIDs []uuid.UUID
 }
 
 // Set stores records, one row per handler registered for each record's
@@ -33,75 +68,154 @@ type Client struct {
 // done), do not acknowledge the message: retry Set or let the broker
 // redeliver. Retrying is always safe, even when the connection broke while
 // the rows were committing: rows that did get stored are then ignored as
-// duplicates.
+// duplicates. Concurrent Sets of overlapping records (a broker redelivering
+// a batch to another consumer) never deadlock: rows are written in one
+// global order.
 //
 // Set checks every record before writing anything. It fails with an error
 // wrapping [ErrNoRecords] for no records, [ErrInvalidRecord] for a nil or
-// malformed record, and [ErrUnknownEventType] for an event type with no
-// handler (unless [SkipUnknown] is set).
+// malformed record, [ErrUnknownEventType] for an event type with no
+// handler (unless [SkipUnknown] is set), and [ErrConflictingDuplicate] for
+// a conflicting duplicate under [RejectConflicting]. Use
+// [Client.SetWithResult] to learn how many records were new.
 func (c *Client) Set(ctx context.Context, records ...*Record) error {
-	args, err := c.args(records)
-	if err != nil || args == nil {
-		return err
-	}
-	if _, err := c.pool.Exec(ctx, setSQL, args...); err != nil {
-		return fmt.Errorf("inbox: set %d records: %w", len(records), err)
-	}
-	return nil
+	_, err := c.SetWithResult(ctx, records...)
+	return err
 }
 
 // SetTx is Set inside the caller's transaction: the rows commit or roll
 // back with it, so an event can be stored atomically with the caller's own
-// writes. Idle workers are woken when the transaction commits.
+// writes. Idle workers are woken when the transaction commits. An error
+// from the database leaves tx aborted, as any failed statement does; a
+// [RejectConflicting] conflict does not (Set undoes its own writes with a
+// savepoint).
+//
+// Deadlock freedom holds within one SetTx call; a transaction that calls
+// SetTx several times, or writes inbox rows otherwise, takes its locks in
+// the order of its calls.
 func (c *Client) SetTx(ctx context.Context, tx pgx.Tx, records ...*Record) error {
-	if tx == nil {
-		return ErrNilTx
-	}
-	args, err := c.args(records)
-	if err != nil || args == nil {
-		return err
-	}
-	if _, err := tx.Exec(ctx, setSQL, args...); err != nil {
-		return fmt.Errorf("inbox: set %d records in transaction: %w", len(records), err)
-	}
-	return nil
+	_, err := c.SetTxWithResult(ctx, tx, records...)
+	return err
 }
 
-// args validates records and returns the parameters of setSQL, or nil when
-// every record was skipped.
-func (c *Client) args(records []*Record) ([]any, error) {
-	if len(records) == 0 {
-		return nil, ErrNoRecords
+// SetWithResult is [Client.Set], and also says what it did with each
+// record: new, duplicate, conflicting or skipped. It needs no extra round
+// trip when every record is new, and one more when some existed.
+func (c *Client) SetWithResult(ctx context.Context, records ...*Record) (SetResult, error) {
+	p, err := c.plan(records)
+	if err != nil {
+		return SetResult{}, c.setError(len(records), "", err)
 	}
-	// One row per (record, handler key). Binary uuids: uuid.UUID would
-	// encode as text.
-	var ids [][16]byte
-	var rowKeys, types []string
-	var payloads [][]byte
-	var dates []time.Time
+	if len(p.rows) == 0 {
+		return p.result(), nil
+	}
+	if len(p.chunks) == 1 && c.conflicts == IgnoreConflicting {
+		err = p.store(ctx, c, c.db.pool)
+	} else {
+		err = pgx.BeginFunc(ctx, c.db.pool, func(tx pgx.Tx) error { return p.store(ctx, c, tx) })
+	}
+	if err != nil {
+		return SetResult{}, c.setError(len(records), "", err)
+	}
+	return p.finish(c), nil
+}
+
+// SetTxWithResult is [Client.SetTx] with the result of
+// [Client.SetWithResult].
+func (c *Client) SetTxWithResult(ctx context.Context, tx pgx.Tx, records ...*Record) (SetResult, error) {
+	if tx == nil {
+		return SetResult{}, ErrNilTx
+	}
+	p, err := c.plan(records)
+	if err != nil {
+		return SetResult{}, c.setError(len(records), " in transaction", err)
+	}
+	if len(p.rows) == 0 {
+		return p.result(), nil
+	}
+	if c.conflicts == RejectConflicting {
+		err = pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error { return p.store(ctx, c, sp) })
+	} else {
+		err = p.store(ctx, c, tx)
+	}
+	if err != nil {
+		return SetResult{}, c.setError(len(records), " in transaction", err)
+	}
+	return p.finish(c), nil
+}
+
+// setError returns the error of a failed Set. Errors of bad input come
+// back as they are.
+func (c *Client) setError(n int, where string, err error) error {
+	var ce *ConflictError
+	if errors.As(err, &ce) {
+		c.logConflicts(ce.IDs)
+		return err
+	}
+	if errors.Is(err, ErrNoRecords) || errors.Is(err, ErrInvalidRecord) || errors.Is(err, ErrUnknownEventType) {
+		return err
+	}
+	// pgx's errors can quote every argument: keep the message readable.
+	return bound(fmt.Errorf("inbox: set %d records%s: %w", n, where, err))
+}
+
+// setChunkBytes bounds the arguments of one insert statement (PostgreSQL
+// refuses messages over 1 GiB); a Set that needs more is split into
+// several statements in one transaction.
+const setChunkBytes = 16 << 20
+
+// setRow is one row Set stores.
+type setRow struct {
+	id          uuid.UUID
+	route       *route
+	record      int // position of its record in the call
+	hash        int64
+	payload     []byte
+	date        time.Time
+	inserted    bool
+	conflicting bool
+}
+
+// setPlan is a validated Set: its rows sorted by (id, handler key), without
+// repeats, split into chunks.
+type setPlan struct {
+	records []*Record
+	rows    []setRow
+	chunks  [][]setRow
+	// kind of each record: its outcome so far.
+	skipped  []bool
+	conflict []bool // conflicts with an earlier record of the call
+}
+
+// plan validates records and prepares their rows.
+func (c *Client) plan(records []*Record) (*setPlan, error) {
+	p := &setPlan{records: records}
+	if len(records) == 0 {
+		return p, ErrNoRecords
+	}
 	var unknown map[string]int
+	p.skipped = make([]bool, len(records))
+	p.conflict = make([]bool, len(records))
 	for i, r := range records {
 		if err := r.validate(); err != nil {
-			return nil, fmt.Errorf("record %d: %w", i, err)
+			return p, fmt.Errorf("record %d: %w", i, err)
 		}
-		keys, ok := c.routes.keys[r.eventType]
+		rs, ok := c.routes.byType[r.eventType]
 		if !ok {
 			if unknown == nil {
 				unknown = make(map[string]int)
 			}
 			unknown[r.eventType]++
+			p.skipped[i] = true
 			continue
 		}
+		h := payloadHash(r.eventType, r.payload)
 		payload := r.payload
 		if payload == nil {
-			payload = []byte{}
+			payload = []byte{} // NULL means erased
 		}
-		for _, key := range keys {
-			ids = append(ids, r.id)
-			rowKeys = append(rowKeys, key)
-			types = append(types, r.eventType)
-			payloads = append(payloads, payload)
-			dates = append(dates, r.eventDate)
+		for _, ro := range rs {
+			p.rows = append(p.rows, setRow{id: r.id, route: ro, record: i, hash: h, payload: payload, date: r.eventDate})
 		}
 	}
 	if len(unknown) > 0 {
@@ -111,13 +225,241 @@ func (c *Client) args(records []*Record) ([]any, error) {
 		}
 		sort.Strings(names)
 		if c.unknown == RejectUnknown {
-			return nil, fmt.Errorf("%w: %s; nothing was stored. Register a handler with Registry.On, or pass WithUnknownEventTypes(SkipUnknown) to skip such records",
+			return p, fmt.Errorf("%w: %s; nothing was stored. Register a handler with Registry.On, or pass WithUnknownEventTypes(SkipUnknown) to skip such records",
 				ErrUnknownEventType, strings.Join(names, ", "))
 		}
 		c.logger.Debug("inbox: skipped records of unregistered event types", "event_types", strings.Join(names, ", "))
-		if len(ids) == 0 {
-			return nil, nil
+	}
+	// One global order of rows makes concurrent Sets deadlock-free. The
+	// sort is stable, so of repeated rows the earliest record's is first.
+	slices.SortStableFunc(p.rows, func(a, b setRow) int {
+		if c := bytes.Compare(a.id[:], b.id[:]); c != 0 {
+			return c
+		}
+		return strings.Compare(a.route.key, b.route.key)
+	})
+	// A repeated row is a duplicate within the call: dropped, and a
+	// conflict when its content differs.
+	kept := p.rows[:0]
+	for i, row := range p.rows {
+		if i > 0 && row.id == kept[len(kept)-1].id && row.route == kept[len(kept)-1].route {
+			if row.hash != kept[len(kept)-1].hash {
+				p.conflict[row.record] = true
+			}
+			continue
+		}
+		kept = append(kept, row)
+	}
+	p.rows = kept
+	if c.conflicts == RejectConflicting {
+		if ids := p.conflictingIDs(); len(ids) > 0 {
+			return p, &ConflictError{IDs: ids}
 		}
 	}
-	return []any{ids, rowKeys, types, payloads, dates, c.notify}, nil
+	size := 0
+	start := 0
+	for i, row := range p.rows {
+		n := len(row.payload) + len(row.route.key) + len(row.route.eventType) + 64
+		if i > start && size+n > setChunkBytes {
+			p.chunks = append(p.chunks, p.rows[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(p.rows) {
+		p.chunks = append(p.chunks, p.rows[start:])
+	}
+	return p, nil
+}
+
+// payloadHash is the first 8 bytes of SHA-256 over the event type, a zero
+// byte and the payload.
+func payloadHash(eventType string, payload []byte) int64 {
+	h := sha256.New()
+	h.Write([]byte(eventType))
+	h.Write([]byte{0})
+	h.Write(payload)
+	var sum [sha256.Size]byte
+	return int64(binary.BigEndian.Uint64(h.Sum(sum[:0])))
+}
+
+// querier is a pool or a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// store inserts the plan's rows with q, chunk by chunk, then reads the
+// stored hashes of the rows that existed. Under RejectConflicting it fails
+// with a ConflictError when one differs, for its caller to roll back.
+func (p *setPlan) store(ctx context.Context, c *Client, q querier) error {
+	for _, chunk := range p.chunks {
+		if err := c.insert(ctx, q, chunk); err != nil {
+			return err
+		}
+	}
+	if err := c.compare(ctx, q, p.rows); err != nil {
+		return err
+	}
+	if c.conflicts == RejectConflicting {
+		if ids := p.conflictingIDs(); len(ids) > 0 {
+			return &ConflictError{IDs: ids}
+		}
+	}
+	return nil
+}
+
+// insert runs setSQL for one chunk and marks the rows it inserted.
+func (c *Client) insert(ctx context.Context, q querier, rows []setRow) error {
+	n := len(rows)
+	ids := make([]pgtype.UUID, n)
+	keys := make([]string, n)
+	types := make([]string, n)
+	payloads := make([][]byte, n)
+	hashes := make([]int64, n)
+	limits := make([]int32, n)
+	dates := make([]time.Time, n)
+	for i, r := range rows {
+		ids[i], keys[i], types[i] = pgUUID(r.id), r.route.key, r.route.eventType
+		payloads[i], hashes[i], limits[i], dates[i] = r.payload, r.hash, int32(r.route.maxAttempts), r.date
+	}
+	var inserted int
+	var insIDs []pgtype.UUID
+	var insKeys []string
+	var notified bool
+	err := scanOne(q.Query(ctx, setSQL, c.db.args([]any{ids, keys, types, payloads, hashes, limits, dates, n, c.notify})...))(
+		&inserted, &insIDs, &insKeys, &notified)
+	if err != nil {
+		return err
+	}
+	if inserted == n {
+		for i := range rows {
+			rows[i].inserted = true
+		}
+		return nil
+	}
+	got := make(map[rowID]bool, len(insIDs))
+	for i := range insIDs {
+		got[rowID{insIDs[i].Bytes, insKeys[i]}] = true
+	}
+	for i := range rows {
+		rows[i].inserted = got[rowID{rows[i].id, rows[i].route.key}]
+	}
+	return nil
+}
+
+// compare reads the stored hashes of the rows that were not inserted and
+// marks the rows whose stored hash differs as conflicting.
+func (c *Client) compare(ctx context.Context, q querier, rows []setRow) error {
+	var ids []pgtype.UUID
+	var keys []string
+	var at []int
+	for i, r := range rows {
+		if !r.inserted {
+			ids, keys, at = append(ids, pgUUID(r.id)), append(keys, r.route.key), append(at, i)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	res, err := q.Query(ctx, existingSQL, c.db.args([]any{ids, keys})...)
+	if err != nil {
+		return err
+	}
+	var pos int
+	var stored *int64
+	_, err = pgx.ForEachRow(res, []any{&pos, &stored}, func() error {
+		r := &rows[at[pos-1]]
+		r.conflicting = stored != nil && *stored != r.hash
+		return nil
+	})
+	return err
+}
+
+// conflictingIDs lists the ids of conflicting records, in call order.
+func (p *setPlan) conflictingIDs() []uuid.UUID {
+	bad := slices.Clone(p.conflict)
+	for _, r := range p.rows {
+		if r.conflicting {
+			bad[r.record] = true
+		}
+	}
+	var ids []uuid.UUID
+	seen := make(map[uuid.UUID]bool)
+	for i, b := range bad {
+		if b && !seen[p.records[i].id] {
+			seen[p.records[i].id] = true
+			ids = append(ids, p.records[i].id)
+		}
+	}
+	return ids
+}
+
+// result counts what a plan did, so far.
+func (p *setPlan) result() SetResult {
+	res := SetResult{Records: len(p.records)}
+	if len(p.skipped) == 0 {
+		return res
+	}
+	fresh := make([]bool, len(p.records))
+	bad := slices.Clone(p.conflict)
+	for _, r := range p.rows {
+		if r.inserted {
+			fresh[r.record] = true
+			res.Rows++
+		}
+		if r.conflicting {
+			bad[r.record] = true
+		}
+	}
+	for i := range p.records {
+		switch {
+		case p.skipped[i]:
+			res.Skipped++
+		case bad[i]:
+			res.Conflicting++
+		case fresh[i]:
+			res.New++
+		default:
+			res.Duplicates++
+		}
+	}
+	res.ConflictingIDs = p.conflictingIDs()
+	return res
+}
+
+// finish returns the result of a stored plan, logging its conflicts.
+func (p *setPlan) finish(c *Client) SetResult {
+	res := p.result()
+	c.logConflicts(res.ConflictingIDs)
+	return res
+}
+
+// maxConflictLogs bounds the warnings one Set logs, one per id.
+const maxConflictLogs = 100
+
+func (c *Client) logConflicts(ids []uuid.UUID) {
+	for _, id := range ids[:min(len(ids), maxConflictLogs)] {
+		c.logger.Warn("inbox: conflicting duplicate: event id stored already with another event type or payload; the stored version is kept",
+			"event_id", id)
+	}
+	if len(ids) > maxConflictLogs {
+		c.logger.Warn("inbox: more conflicting duplicates in the same Set", "more", len(ids)-maxConflictLogs)
+	}
+}
+
+// rowID identifies a row.
+type rowID struct {
+	id  uuid.UUID
+	key string
+}
+
+// scanOne scans the single row of a query's result into dest.
+func scanOne(rows pgx.Rows, err error) func(dest ...any) error {
+	return func(dest ...any) error {
+		if err != nil {
+			return err
+		}
+		_, err := pgx.ForEachRow(rows, dest, func() error { return nil })
+		return err
+	}
 }

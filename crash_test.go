@@ -150,11 +150,16 @@ func TestCrashRecovery(t *testing.T) {
 }
 
 // A row whose attempts keep dying with their worker ends dead, not in a
-// loop, and the dead callback says why.
+// loop, and the dead callback says why. The limit is the row's own, set by
+// the inbox that stored it (2), not the claiming inbox's (the default, 5).
 func TestPoisonRowDies(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	schema, pool, r, reg, writer := crashSetup(t)
+	schema, pool, r, reg, _ := crashSetup(t)
+	writer, err := inbox.New(pool, reg, inbox.WithMaxRetryAttempt(2))
+	if err != nil {
+		t.Fatal(err)
+	}
 	id := uuid.New()
 	if err := writer.Client().Set(ctx, record(t, id, "crash", "poison")); err != nil {
 		t.Fatal(err)
@@ -163,7 +168,7 @@ func TestPoisonRowDies(t *testing.T) {
 	crashChild(t, pool, schema, 1, 2)
 
 	dead := make(chan inbox.DeadRecord, 1)
-	ib := start(t, pool, reg, fast(t, inbox.WithMaxRetryAttempt(2),
+	ib := start(t, pool, reg, fast(t,
 		inbox.OnDeadCallback(func(_ context.Context, rec inbox.DeadRecord) { dead <- rec }))...)
 	var rec inbox.DeadRecord
 	select {
@@ -177,8 +182,12 @@ func TestPoisonRowDies(t *testing.T) {
 	if got := r.snapshot(); len(got) != 0 {
 		t.Fatalf("the poison row ran again: %v", got)
 	}
-	states, _ := ib.Lookup(ctx, id)
-	if len(states) != 1 || states[0].Status != inbox.Dead || !strings.Contains(states[0].LastError, "attempt 2: lease expired") {
+	states, err := ib.Lookup(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(states) != 1 || states[0].Status != inbox.Dead || states[0].MaxAttempts != 2 ||
+		!strings.Contains(states[0].LastError, "attempt 2: lease expired") {
 		t.Fatalf("states = %+v, want dead with the lost attempt recorded", states)
 	}
 }

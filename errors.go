@@ -3,6 +3,9 @@ package inbox
 import (
 	"errors"
 	"fmt"
+	"strings"
+
+	"github.com/google/uuid"
 )
 
 // Sentinel errors. Every error the package returns for bad input wraps one of
@@ -52,7 +55,77 @@ var (
 	// lease: it could not renew it in time, or another worker took the row
 	// over. The row's result is not written by this worker.
 	ErrLeaseLost = errors.New("inbox: lease lost")
+
+	// ErrConflictingDuplicate reports a record whose id is stored already
+	// with another event type or payload: an upstream bug, such as ids
+	// reused or regenerated on retry. With [RejectConflicting], Set fails
+	// with a [*ConflictError], which wraps it, and writes nothing.
+	ErrConflictingDuplicate = errors.New("inbox: conflicting duplicate: id stored with another payload")
+
+	// ErrDiscarded marks the failure of an attempt whose handler returned
+	// [Discard]: the row is dead at once. DeadRecord.Err wraps it.
+	ErrDiscarded = errors.New("inbox: discarded by the handler")
+
+	// ErrRetryAfter marks an attempt whose handler returned [RetryAfter].
+	ErrRetryAfter = errors.New("inbox: handler asked to retry later")
+
+	// ErrStopInHandler reports a call of [Inbox.Stop] from inside one of the
+	// Inbox's own handlers, middleware or callbacks. Stop waits for those to
+	// return, so the call could never finish. Stop the Inbox from outside,
+	// for example from the code that started it.
+	ErrStopInHandler = errors.New("inbox: Stop called from inside a handler or callback of the same Inbox")
+
+	// ErrTxControl reports a [TxHandler] that committed, rolled back or
+	// otherwise ended the transaction the inbox gave it. The inbox commits
+	// that transaction itself, together with the row's completion; return
+	// nil to commit and an error to roll back.
+	ErrTxControl = errors.New("inbox: a TxHandler must not end the inbox's transaction")
+
+	// ErrSchema reports that the inbox's tables are missing or older than
+	// this version of the package expects. The message names what is
+	// missing and what to run.
+	ErrSchema = errors.New("inbox: schema missing or out of date")
+
+	// ErrUnsupportedServer reports a PostgreSQL server older than version
+	// 14, which the inbox's statements need.
+	ErrUnsupportedServer = errors.New("inbox: unsupported PostgreSQL server")
+
+	// ErrErrorsDropped is passed to the [ErrorCallback] when errors were
+	// left out because the callback did not keep up; the message says how
+	// many. Each of them was logged.
+	ErrErrorsDropped = errors.New("inbox: errors not passed to the error callback")
 )
+
+// ConflictError is the error of a Set that found conflicting duplicates
+// while [RejectConflicting] is set: records whose ids are stored already
+// with another event type or payload, or that appear twice in the call with
+// different contents. Nothing of the call was written. It wraps
+// [ErrConflictingDuplicate].
+type ConflictError struct {
+	// IDs are the conflicting event ids, each once, in the order of the
+	// call.
+	IDs []uuid.UUID
+}
+
+// maxConflictIDs bounds how many ids ConflictError's message lists.
+const maxConflictIDs = 10
+
+// Error lists the conflicting ids, the first ten of them.
+func (e *ConflictError) Error() string {
+	ids := make([]string, 0, min(len(e.IDs), maxConflictIDs))
+	for _, id := range e.IDs[:min(len(e.IDs), maxConflictIDs)] {
+		ids = append(ids, id.String())
+	}
+	more := ""
+	if len(e.IDs) > maxConflictIDs {
+		more = fmt.Sprintf(" and %d more", len(e.IDs)-maxConflictIDs)
+	}
+	return fmt.Sprintf("%v: %d records (%s%s); nothing was stored. The producer reuses event ids: fix it upstream, or pass WithConflictingDuplicates(IgnoreConflicting) to store the first version and ignore the others",
+		ErrConflictingDuplicate, len(e.IDs), strings.Join(ids, ", "), more)
+}
+
+// Unwrap returns [ErrConflictingDuplicate].
+func (e *ConflictError) Unwrap() error { return ErrConflictingDuplicate }
 
 // PanicError is the failure recorded when a handler panics. The worker
 // recovers the panic, records this error as the attempt's failure and goes on.

@@ -98,7 +98,11 @@ func Example() {
 	for _, l := range lines {
 		fmt.Println(l)
 	}
-	states, _ := ib.Lookup(ctx, id)
+	states, err := ib.Lookup(ctx, id)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	for _, s := range states {
 		fmt.Println(s.HandlerKey, s.Status, s.Attempts)
 	}
@@ -154,8 +158,15 @@ func ExampleTxHandlerFunc() {
 	waitIdle(ib)
 
 	var cents int64
-	_ = pool.QueryRow(ctx, `SELECT cents FROM balances WHERE account = 'alice'`).Scan(&cents)
-	states, _ := ib.Lookup(ctx, rec.ID())
+	if err := pool.QueryRow(ctx, `SELECT cents FROM balances WHERE account = 'alice'`).Scan(&cents); err != nil {
+		fmt.Println(err)
+		return
+	}
+	states, err := ib.Lookup(ctx, rec.ID())
+	if err != nil || len(states) != 1 {
+		fmt.Println(states, err)
+		return
+	}
 	fmt.Println("balance:", cents)
 	fmt.Println(states[0].Status, "after", states[0].Attempts, "attempts; last error:", states[0].LastError)
 	// Output:

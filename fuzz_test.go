@@ -363,7 +363,7 @@ func FuzzOptions(f *testing.F) {
 			{"WithHandlerTimeout", WithHandlerTimeout(timeout), timeout > 0,
 				func(c *config) bool { return c.handlerTimeout == timeout }},
 			{"WithMaxRetryAttempt", WithMaxRetryAttempt(attempts), attempts >= 1,
-				func(c *config) bool { return c.maxAttempts == attempts }},
+				func(c *config) bool { return c.maxAttempts == min(attempts, MaxAttempts) }},
 			{"WithRetention", WithRetention(erase, days), erase > 0 && days >= 1,
 				func(c *config) bool { return c.eraseInterval == erase && c.retentionDays == days }},
 			{"OnDeadCallback", OnDeadCallback(onDead), onDead != nil,

@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -16,7 +17,7 @@ import (
 // run workers with [Inbox.Start] and [Inbox.Stop]. Any number of Inboxes, in
 // any number of processes, may share one table.
 type Inbox struct {
-	pool   *pgxpool.Pool
+	db     db
 	cfg    config
 	routes *routes
 	client *Client
@@ -35,16 +36,17 @@ func New(pool *pgxpool.Pool, registry *Registry, opts ...Option) (*Inbox, error)
 	if pool == nil {
 		return nil, fmt.Errorf("%w: pool is nil; create one with pgxpool.New", ErrInvalidConfig)
 	}
-	rt, err := registry.snapshot()
-	if err != nil {
-		return nil, err
-	}
 	cfg, err := newConfig(opts)
 	if err != nil {
 		return nil, err
 	}
-	ib := &Inbox{pool: pool, cfg: cfg, routes: rt, id: uuid.New()}
-	ib.client = &Client{pool: pool, routes: rt, unknown: cfg.unknown, notify: cfg.notify, logger: cfg.logger}
+	rt, err := registry.snapshot(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	d := newDB(pool, cfg.pooler)
+	ib := &Inbox{db: d, cfg: cfg, routes: rt, id: uuid.New()}
+	ib.client = &Client{db: d, routes: rt, unknown: cfg.unknown, conflicts: cfg.conflicts, notify: cfg.notify, logger: cfg.logger}
 	return ib, nil
 }
 
@@ -65,17 +67,11 @@ func (i *Inbox) Start(ctx context.Context) error {
 		return ErrAlreadyStarted
 	}
 	if i.cfg.migrate {
-		if err := Migrate(ctx, i.pool); err != nil {
+		if err := Migrate(ctx, i.db.pool); err != nil {
 			return err
 		}
-	} else {
-		var exists bool
-		if err := i.pool.QueryRow(ctx, tableCheckSQL).Scan(&exists); err != nil {
-			return fmt.Errorf("inbox: start: %w", err)
-		}
-		if !exists {
-			return fmt.Errorf("inbox: start: table inbox_records not found in search_path: run inbox.Migrate, or drop WithoutMigrations")
-		}
+	} else if err := checkSchema(ctx, i.db, "drop WithoutMigrations"); err != nil {
+		return fmt.Errorf("inbox: start: %w", err)
 	}
 	w := newWorker(i)
 	if err := w.start(ctx); err != nil {
@@ -97,9 +93,17 @@ func (i *Inbox) Start(ctx context.Context) error {
 // returns ctx's error; their rows are left to their leases and will be
 // claimed again once the leases run out. Stop on an Inbox that is not
 // running returns nil.
+//
+// Stop called from one of the Inbox's own handlers, middleware or
+// callbacks would wait for itself: it returns [ErrStopInHandler] at once
+// and the Inbox keeps running.
 func (i *Inbox) Stop(ctx context.Context) error {
 	i.mu.Lock()
 	w := i.w
+	if w != nil && w.inGuest(ctx) {
+		i.mu.Unlock()
+		return ErrStopInHandler
+	}
 	i.w = nil
 	i.mu.Unlock()
 	if w == nil {
@@ -113,16 +117,17 @@ func (i *Inbox) Stop(ctx context.Context) error {
 // Lookup returns the rows of one event, one per handler key, ordered by
 // key. It returns an empty slice for an unknown event.
 func (i *Inbox) Lookup(ctx context.Context, eventID uuid.UUID) ([]RecordState, error) {
-	rows, err := i.pool.Query(ctx, lookupSQL, eventID)
+	rows, err := i.db.query(ctx, lookupSQL, pgUUID(eventID))
 	if err != nil {
 		return nil, fmt.Errorf("inbox: lookup %s: %w", eventID, err)
 	}
 	states, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RecordState, error) {
 		var s RecordState
 		var status string
-		err := row.Scan(&s.EventID, &s.EventType, &s.HandlerKey, &status, &s.Attempts, &s.LastError,
-			&s.EventDate, &s.CreatedAt, &s.UpdatedAt, &s.NextAttemptAt)
-		s.Status = Status(status)
+		var id pgtype.UUID
+		err := row.Scan(&id, &s.EventType, &s.HandlerKey, &status, &s.Attempts, &s.MaxAttempts, &s.LastError,
+			&s.PayloadErased, &s.EventDate, &s.CreatedAt, &s.UpdatedAt, &s.NextAttemptAt)
+		s.EventID, s.Status = id.Bytes, Status(status)
 		return s, err
 	})
 	if err != nil {
@@ -134,7 +139,7 @@ func (i *Inbox) Lookup(ctx context.Context, eventID uuid.UUID) ([]RecordState, e
 // Counts returns the number of rows in each status. Every status is
 // present in the map, zero or not.
 func (i *Inbox) Counts(ctx context.Context) (map[Status]int, error) {
-	rows, err := i.pool.Query(ctx, countsSQL)
+	rows, err := i.db.query(ctx, countsSQL)
 	if err != nil {
 		return nil, fmt.Errorf("inbox: counts: %w", err)
 	}
@@ -159,7 +164,7 @@ func (i *Inbox) Counts(ctx context.Context) (map[Status]int, error) {
 // live workers means work is slow; with no live workers, nothing runs.
 func (i *Inbox) OldestDue(ctx context.Context) (time.Duration, error) {
 	var secs *float64
-	if err := i.pool.QueryRow(ctx, oldestDueSQL).Scan(&secs); err != nil {
+	if err := i.db.queryRow(ctx, oldestDueSQL).Scan(&secs); err != nil {
 		return 0, fmt.Errorf("inbox: oldest due: %w", err)
 	}
 	if secs == nil {
@@ -184,13 +189,15 @@ type Worker struct {
 // those whose latest heartbeat has not expired. An empty list means no
 // worker is running.
 func (i *Inbox) Workers(ctx context.Context) ([]Worker, error) {
-	rows, err := i.pool.Query(ctx, workersSQL)
+	rows, err := i.db.query(ctx, workersSQL)
 	if err != nil {
 		return nil, fmt.Errorf("inbox: workers: %w", err)
 	}
 	ws, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Worker, error) {
 		var w Worker
-		err := row.Scan(&w.ID, &w.Hostname, &w.PID, &w.EventTypes, &w.StartedAt, &w.BeatAt)
+		var id pgtype.UUID
+		err := row.Scan(&id, &w.Hostname, &w.PID, &w.EventTypes, &w.StartedAt, &w.BeatAt)
+		w.ID = id.Bytes
 		return w, err
 	})
 	if err != nil {

@@ -227,7 +227,10 @@ func TestTimeoutAndPanic(t *testing.T) {
 	if err := got["panics"].Err; !errors.As(err, &pe) || pe.Value != "kaboom" || len(pe.Stack) == 0 {
 		t.Errorf("panicking handler: %v, want *PanicError with value kaboom and a stack", err)
 	}
-	states, _ := ib.Lookup(ctx, id)
+	states, err := ib.Lookup(ctx, id)
+	if err != nil || len(states) != 3 {
+		t.Fatalf("Lookup = %+v, %v; want the 3 rows of the event", states, err)
+	}
 	for _, s := range states {
 		if s.Status != inbox.Dead || s.LastError == "" {
 			t.Errorf("%s: %s with error %q, want dead with the error recorded", s.HandlerKey, s.Status, s.LastError)
@@ -272,8 +275,11 @@ func TestSetTx(t *testing.T) {
 	}
 	// The poll interval is an hour: only the notification can wake the worker.
 	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Done: 1})
-	if states, _ := ib.Lookup(ctx, rolledBack); len(states) != 0 {
-		t.Fatalf("rolled back event has rows: %+v", states)
+	if states, err := ib.Lookup(ctx, rolledBack); err != nil || len(states) != 0 {
+		t.Fatalf("rolled back event: Lookup = %+v, %v; want no rows", states, err)
+	}
+	if states, err := ib.Lookup(ctx, committed); err != nil || len(states) != 1 || states[0].Status != inbox.Done {
+		t.Fatalf("committed event: Lookup = %+v, %v; want its row done", states, err)
 	}
 	if got := r.snapshot(); len(got) != 1 || got["welcome/committed"] != 1 {
 		t.Fatalf("runs = %v, want only the committed event", got)
@@ -470,7 +476,10 @@ func TestRemovedHandlerWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Done: 2, inbox.Null: 2})
-	states, _ := ib.Lookup(ctx, id)
+	states, err := ib.Lookup(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(states) != 2 || states[0].HandlerKey != "kept" || states[1].Status != inbox.Null || states[1].Attempts != 0 {
 		t.Fatalf("states = %+v, want the removed handler's row untouched", states)
 	}

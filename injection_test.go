@@ -138,7 +138,7 @@ func (c *injectionCanary) check(t *testing.T) {
 		c.schema).Scan(&tables); err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"canary_rows", "inbox_records", "inbox_schema_version", "inbox_workers"}; !slices.Equal(tables, want) {
+	if want := []string{"canary_rows", "inbox_maintenance", "inbox_records", "inbox_schema_lock", "inbox_schema_version", "inbox_workers"}; !slices.Equal(tables, want) {
 		t.Errorf("canary schema has tables %q, want %q", tables, want)
 	}
 	var notes string
@@ -374,7 +374,7 @@ func injectionRun(t *testing.T, schema string) {
 		schema).Scan(&tables); err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"inbox_records", "inbox_schema_version", "inbox_workers"}; !slices.Equal(tables, want) {
+	if want := []string{"inbox_maintenance", "inbox_records", "inbox_schema_lock", "inbox_schema_version", "inbox_workers"}; !slices.Equal(tables, want) {
 		t.Errorf("schema %q has tables %q, want %q", schema, tables, want)
 	}
 	canary.check(t)

@@ -6,15 +6,18 @@ import (
 	"math/rand/v2"
 	"os"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// eraseBatch is the most rows one retention statement deletes.
-const eraseBatch = 10000
+// retentionChunk is how many blocks (of 8 KiB by default) one retention
+// statement covers: at most about 16 MiB of table, a few thousand rows.
+const retentionChunk = 2048
 
 // beat records that this worker is alive, until 3 leases from now.
 func (w *worker) beat(ctx context.Context) error {
 	host, _ := os.Hostname()
-	_, err := w.ib.pool.Exec(ctx, workerBeatSQL, w.id, host, os.Getpid(), w.routes.eventTypes,
+	_, err := w.db.exec(ctx, workerBeatSQL, pgUUID(w.id), host, os.Getpid(), w.routes.eventTypes,
 		(3 * w.cfg.lease).Milliseconds())
 	if err != nil {
 		return fmt.Errorf("record worker heartbeat: %w", err)
@@ -22,9 +25,11 @@ func (w *worker) beat(ctx context.Context) error {
 	return nil
 }
 
-// maintainLoop beats once per lease and runs retention every erase
-// interval, the first run after a random part of the first interval (at
-// most a minute) so instances started together do not erase together.
+// maintainLoop beats and adopts orphaned dead callbacks once per lease,
+// and tries to run retention every erase interval, the first time after a
+// random part of the first interval (at most a minute) so that instances
+// started together do not try together. Of the instances sharing a table,
+// one at a time runs retention, once per interval.
 func (w *worker) maintainLoop() {
 	defer w.background.Done()
 	beat := time.NewTicker(w.cfg.lease)
@@ -36,37 +41,96 @@ func (w *worker) maintainLoop() {
 		case <-w.ctx.Done():
 			return
 		case <-beat.C:
-			if err := w.beat(w.ctx); err != nil && w.ctx.Err() == nil {
-				w.report(fmt.Errorf("inbox: %w", err))
-			}
-			if _, err := w.ib.pool.Exec(w.ctx, workerPruneSQL); err != nil && w.ctx.Err() == nil {
-				w.report(fmt.Errorf("inbox: prune worker heartbeats: %w", err))
+			w.maintain(w.beat(w.ctx), "")
+			_, err := w.db.exec(w.ctx, workerPruneSQL)
+			w.maintain(err, "prune worker heartbeats")
+			if w.cfg.hasDead {
+				tag, err := w.db.exec(w.ctx, adoptCallbacksSQL, pgUUID(w.id), w.routes.pairTypes, w.routes.pairKeys, 10*deadPage)
+				w.maintain(err, "adopt dead callbacks of stopped workers")
+				if err == nil && tag.RowsAffected() > 0 {
+					w.log.Info("inbox: adopted dead callbacks owed by workers that are gone", "rows", tag.RowsAffected())
+					w.deadCalls.signal()
+				}
 			}
 		case <-erase.C:
-			n, err := eraseFinished(w.ctx, w.ib, time.Now().AddDate(0, 0, -w.cfg.retentionDays))
-			if err != nil && w.ctx.Err() == nil {
-				w.report(fmt.Errorf("inbox: retention: %w", err))
-			}
-			if n > 0 {
-				w.log.Info("inbox: retention erased rows", "rows", n, "window_days", w.cfg.retentionDays)
-			}
+			w.maintain(w.retention(w.ctx), "retention")
 			erase.Reset(w.cfg.eraseInterval)
 		}
 	}
 }
 
-// eraseFinished deletes done and dead rows last changed before cutoff, in batches,
-// and returns how many it deleted.
-func eraseFinished(ctx context.Context, ib *Inbox, cutoff time.Time) (int64, error) {
-	var total int64
-	for {
-		tag, err := ib.pool.Exec(ctx, eraseSQL, cutoff, eraseBatch)
-		if err != nil {
-			return total, err
-		}
-		total += tag.RowsAffected()
-		if tag.RowsAffected() < eraseBatch {
-			return total, nil
-		}
+// maintain reports a maintenance error, unless the worker is stopping.
+func (w *worker) maintain(err error, what string) {
+	if err == nil || w.ctx.Err() != nil {
+		return
 	}
+	if what != "" {
+		err = fmt.Errorf("%s: %w", what, err)
+	}
+	w.report(fmt.Errorf("inbox: %w", err))
+}
+
+// retention runs retention if it is due and no other instance runs it.
+func (w *worker) retention(ctx context.Context) error {
+	lease := max(time.Minute, 3*w.cfg.lease)
+	take := func() (bool, error) {
+		var ok bool
+		err := w.db.queryRow(ctx, retentionLeaseSQL, pgUUID(w.id), lease.Milliseconds(), w.cfg.eraseInterval.Milliseconds()).Scan(&ok)
+		if isNoRows(err) {
+			return false, nil
+		}
+		return ok, err
+	}
+	ok, err := take()
+	if err != nil || !ok {
+		return err
+	}
+	now := time.Now()
+	dedup := now.AddDate(0, 0, -w.cfg.retentionDays)
+	payloads := now.AddDate(0, 0, -w.cfg.payloadDays)
+	deleted, erased, err := eraseFinished(ctx, w.db, dedup, payloads, func() error {
+		if ok, err := take(); err != nil || !ok {
+			return fmt.Errorf("lost the retention lease: %w", err)
+		}
+		return nil
+	})
+	if deleted > 0 || erased > 0 {
+		w.log.Info("inbox: retention", "rows_deleted", deleted, "payloads_erased", erased,
+			"window_days", w.cfg.retentionDays, "payload_window_days", w.cfg.payloadDays)
+	}
+	if err != nil {
+		return err
+	}
+	_, err = w.db.exec(ctx, retentionDoneSQL, pgUUID(w.id))
+	return err
+}
+
+// eraseFinished walks the table in chunks of blocks, deleting done and dead
+// rows last changed before dedup and erasing the payloads of done rows last
+// changed before payloads. keep is called between chunks and stops the walk
+// when it fails. Rows moved by concurrent updates into blocks already
+// walked wait for the next run.
+func eraseFinished(ctx context.Context, d db, dedup, payloads time.Time, keep func() error) (deleted, erased int64, err error) {
+	var blocks int64
+	if err := d.queryRow(ctx, tableBlocksSQL).Scan(&blocks); err != nil {
+		return 0, 0, err
+	}
+	if payloads.Before(dedup) {
+		payloads = dedup // nothing to erase that is not deleted
+	}
+	for from := int64(0); from < blocks; from += retentionChunk {
+		if from > 0 {
+			if err := keep(); err != nil {
+				return deleted, erased, err
+			}
+		}
+		lo := pgtype.TID{BlockNumber: uint32(from), Valid: true}
+		hi := pgtype.TID{BlockNumber: uint32(min(from+retentionChunk, 1<<32-1)), Valid: true}
+		var del, er int64
+		if err := d.queryRow(ctx, retentionChunkSQL, lo, hi, dedup, payloads).Scan(&del, &er); err != nil {
+			return deleted, erased, err
+		}
+		deleted, erased = deleted+del, erased+er
+	}
+	return deleted, erased, nil
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 )
 
 // Defaults. Each can be changed with the option named beside it.
@@ -28,8 +30,18 @@ const (
 	// ([WithRetention]).
 	DefaultEraseInterval = 24 * time.Hour
 	// DefaultRetentionDays is how long done and dead rows are kept
-	// ([WithRetention]). Deduplication holds only while rows are kept.
+	// ([WithRetention]): the dedup window. Deduplication holds only while
+	// rows are kept.
 	DefaultRetentionDays = 60
+	// DefaultPayloadRetentionDays is how long done rows keep their payload
+	// ([WithPayloadRetention]): a week covers noticing a problem, looking
+	// at what was received and replaying it, while a 60-day dedup window
+	// keeps only about 150 bytes per row beyond it, whatever the payload
+	// size.
+	DefaultPayloadRetentionDays = 7
+	// MaxAttempts is the largest attempt limit [WithMaxRetryAttempt] and
+	// [HandlerMaxAttempts] accept.
+	MaxAttempts = math.MaxInt32
 	// MaxRetentionDays is the longest retention window [WithRetention]
 	// accepts: 100 years.
 	MaxRetentionDays = 36500
@@ -60,19 +72,41 @@ type DeadRecord struct {
 	HandlerKey string
 	Attempts   int
 	// Err is the last attempt's failure. It wraps [ErrLeaseExpired] when the
-	// last attempt's worker died.
+	// last attempt's worker died, [ErrDiscarded] when the handler returned
+	// [Discard], and [ErrHandlerTimeout] for a timeout. When the row died
+	// in this process and its error's text was at most [MaxErrorLength]
+	// bytes, Err is the handler's own error (so errors.Is and errors.As see
+	// everything it wraps); otherwise Err carries the stored, bounded text
+	// and those of the package's own errors it wrapped.
 	Err error
 }
 
-// DeadCallback is called once for each row that becomes dead, after the
-// dead status is committed. Calls are made one at a time from one goroutine;
-// a slow callback delays later ones, not processing.
+// DeadCallback is called for each row that becomes dead, after the dead
+// status is committed.
+//
+// Calls are made one at a time from a goroutine of their own, never from
+// the goroutines that claim rows, run handlers, write results or renew
+// leases: a slow or blocked callback delays later callbacks only. A panic in
+// the callback is recovered and logged, and the next record is delivered.
+//
+// Each dead row records, in the table, which worker owes its callback
+// until the callback has been called; so memory stays bounded however many
+// rows die at once (the worker reads them back in pages of 100), and none is
+// lost: a record that a stopped or crashed process still owed is delivered
+// by another running Inbox that has a dead callback and handles that event
+// type and handler key. A callback that was running when its process
+// crashed is not repeated. ctx ends when [Inbox.Stop]'s context does.
 type DeadCallback func(ctx context.Context, rec DeadRecord)
 
 // ErrorCallback is called with errors of the inbox's own machinery (the
 // database unreachable, a lease lost, a result that could not be written).
 // Handler failures are not reported here: they are recorded in their rows.
 // The worker keeps going after every such error.
+//
+// Calls are made one at a time from a goroutine of their own; a panic in the
+// callback is recovered and logged. Every error is also logged at error
+// level; if the callback falls more than 1,000 errors behind, the excess is
+// passed on as one error wrapping [ErrErrorsDropped] that counts them.
 type ErrorCallback func(err error)
 
 // UnknownEventTypes says what Set does with a record whose event type has
@@ -87,6 +121,24 @@ const (
 	// consumer subscribed to more event types than it handles. Skipped
 	// records are logged at debug level.
 	SkipUnknown
+)
+
+// ConflictingDuplicates says what Set does with a conflicting duplicate: a
+// record whose id is stored already (or appears earlier in the same call)
+// with another event type or payload. Either way the stored version stays
+// and the conflict is logged at warn level with the event id and counted
+// in [SetResult].
+type ConflictingDuplicates int
+
+const (
+	// IgnoreConflicting stores nothing for the conflicting record and lets
+	// the rest of the call proceed. It is the default: a redelivery must
+	// never block a consumer.
+	IgnoreConflicting ConflictingDuplicates = iota
+	// RejectConflicting makes Set fail with a [*ConflictError] naming the
+	// ids, and write nothing of the call. Set then runs in a transaction of
+	// its own (SetTx in a savepoint), which costs a round trip or two.
+	RejectConflicting
 )
 
 type config struct {
@@ -107,6 +159,13 @@ type config struct {
 	lease          time.Duration
 	backoffBase    time.Duration
 	backoffMax     time.Duration
+	payloadDays    int
+	conflicts      ConflictingDuplicates
+	middleware     []Middleware
+	pooler         bool
+	listenConfig   *pgx.ConnConfig
+	hasDead        bool // a dead callback was set
+	hasError       bool // an error callback was set
 }
 
 func defaultConfig() config {
@@ -128,6 +187,7 @@ func defaultConfig() config {
 		lease:          DefaultLease,
 		backoffBase:    DefaultRetryBackoff,
 		backoffMax:     DefaultMaxRetryBackoff,
+		payloadDays:    DefaultPayloadRetentionDays,
 	}
 }
 
@@ -172,10 +232,13 @@ func WithHandlerTimeout(dur time.Duration) Option {
 	}
 }
 
-// WithMaxRetryAttempt sets how many attempts a row gets before it is dead.
+// WithMaxRetryAttempt sets how many attempts a row gets before it is dead,
+// for handlers without [HandlerMaxAttempts]. The limit is stored with each
+// row when Set stores it, so every worker applies the row's own limit. A
+// value above [MaxAttempts] counts as MaxAttempts.
 func WithMaxRetryAttempt(maxAttempt int) Option {
 	return func(c *config) error {
-		c.maxAttempts = maxAttempt
+		c.maxAttempts = min(maxAttempt, MaxAttempts)
 		if maxAttempt < 1 {
 			return invalid("WithMaxRetryAttempt", maxAttempt, "must be at least 1")
 		}
@@ -184,8 +247,11 @@ func WithMaxRetryAttempt(maxAttempt int) Option {
 }
 
 // WithRetention sets retention: every eraseInterval, done and dead rows
-// last changed more than windowDays days ago are deleted. Rows that are
-// not finished are never deleted. windowDays is at most [MaxRetentionDays].
+// last changed more than windowDays days ago are deleted. This is the dedup
+// window: a redelivery of a deleted event is stored and processed again.
+// Rows that are not finished are never deleted. windowDays is at most
+// [MaxRetentionDays]. Of all running Inboxes on a table, one at a time runs
+// retention, once per interval.
 func WithRetention(eraseInterval time.Duration, windowDays int) Option {
 	return func(c *config) error {
 		c.eraseInterval, c.retentionDays = eraseInterval, windowDays
@@ -209,7 +275,7 @@ func OnDeadCallback(callback DeadCallback) Option {
 		if callback == nil {
 			return invalid("OnDeadCallback", "nil", "callback must not be nil")
 		}
-		c.onDead = callback
+		c.onDead, c.hasDead = callback, true
 		return nil
 	}
 }
@@ -220,7 +286,7 @@ func OnErrorCallback(callback ErrorCallback) Option {
 		if callback == nil {
 			return invalid("OnErrorCallback", "nil", "callback must not be nil")
 		}
-		c.onError = callback
+		c.onError, c.hasError = callback, true
 		return nil
 	}
 }
@@ -270,8 +336,9 @@ func WithoutMigrations() Option {
 }
 
 // WithoutNotify turns off LISTEN/NOTIFY wakeups: Set sends no notification
-// and workers only poll. Use it behind a transaction-mode connection pooler,
-// which cannot LISTEN.
+// and workers only poll, every [WithIterationRate]. Behind a
+// transaction-mode connection pooler, which cannot LISTEN, use it or give a
+// direct connection with [WithListenConfig].
 func WithoutNotify() Option {
 	return func(c *config) error {
 		c.notify = false
@@ -317,6 +384,85 @@ func WithRetryBackoff(base, max time.Duration) Option {
 		if max < base {
 			return invalid("WithRetryBackoff", max, "max must not be below base")
 		}
+		return nil
+	}
+}
+
+// WithPayloadRetention sets the payload window: retention erases the
+// payload of done rows last changed more than days days ago, keeping the
+// row (and a hash of its payload) for deduplication until the dedup window
+// of [WithRetention] ends. Dead rows keep their payload until deleted. 0
+// erases a done row's payload at the first retention run after it is done.
+// A window at least as long as the dedup window never erases.
+func WithPayloadRetention(days int) Option {
+	return func(c *config) error {
+		c.payloadDays = days
+		if days < 0 || days > MaxRetentionDays {
+			return invalid("WithPayloadRetention", days,
+				fmt.Sprintf("must be between 0 and %d days (MaxRetentionDays)", MaxRetentionDays))
+		}
+		return nil
+	}
+}
+
+// WithConflictingDuplicates sets what Set does with a record whose id is
+// stored already with another event type or payload: [IgnoreConflicting]
+// (the default) or [RejectConflicting].
+func WithConflictingDuplicates(policy ConflictingDuplicates) Option {
+	return func(c *config) error {
+		c.conflicts = policy
+		if policy != IgnoreConflicting && policy != RejectConflicting {
+			return invalid("WithConflictingDuplicates", int(policy), "must be IgnoreConflicting or RejectConflicting")
+		}
+		return nil
+	}
+}
+
+// WithMiddleware adds middleware around every handler run, the first given
+// outermost. It may be given several times; the lists are appended.
+func WithMiddleware(mw ...Middleware) Option {
+	return func(c *config) error {
+		for i, m := range mw {
+			if m == nil {
+				return invalid("WithMiddleware", fmt.Sprintf("middleware %d", i), "must not be nil")
+			}
+		}
+		c.middleware = append(c.middleware, mw...)
+		return nil
+	}
+}
+
+// WithTransactionPooler tells the Inbox that its pool connects through a
+// connection pooler in transaction mode (PgBouncer with pool_mode =
+// transaction, and poolers like it), where consecutive transactions of one
+// client connection may run on different server connections. The Inbox
+// then uses no named prepared statements, whatever the pool's
+// DefaultQueryExecMode: pgx's statement cache would otherwise fail with
+// "prepared statement ... already exists" or "does not exist". It needs
+// nothing else of the pool: every exec mode works. For wakeups, give a
+// direct connection with [WithListenConfig] or use [WithoutNotify];
+// without either, the Inbox finds that LISTEN does not work through the
+// pooler, logs a warning and polls. See the package documentation,
+// "Connection poolers".
+func WithTransactionPooler() Option {
+	return func(c *config) error {
+		c.pooler = true
+		return nil
+	}
+}
+
+// WithListenConfig gives the connection on which workers LISTEN for
+// notifications of new rows, instead of one opened with the pool's
+// settings. Behind a transaction-mode pooler, point it past the pooler,
+// straight at PostgreSQL: notifications sent through the pooler (as Set
+// sends them) still reach it. The Inbox keeps one such connection open per
+// running Inbox and reopens it when it breaks.
+func WithListenConfig(cfg *pgx.ConnConfig) Option {
+	return func(c *config) error {
+		if cfg == nil {
+			return invalid("WithListenConfig", "nil", "config must not be nil; parse one with pgx.ParseConfig")
+		}
+		c.listenConfig = cfg.Copy()
 		return nil
 	}
 }

@@ -1,6 +1,7 @@
 package inbox
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 	"time"
@@ -13,8 +14,16 @@ import (
 // bytes.
 const MaxEventTypeLength = 255
 
+// MaxPayloadSize is the largest payload [NewRecord] accepts, in bytes.
+// PostgreSQL's limit for one value is 1 GiB, and Set sends a payload once per
+// handler of its event type; larger events belong in object storage, with a
+// reference in the payload.
+const MaxPayloadSize = 64 << 20
+
 // Record is one received event, ready to be stored by [Client.Set]. Create it
-// with [NewRecord]; a Record is immutable.
+// with [NewRecord]. A Record is immutable: NewRecord copies the payload, so
+// the caller may reuse its buffer, and [Record.Payload] returns a copy. A
+// Record may be stored by several Sets at once.
 type Record struct {
 	id        uuid.UUID
 	eventType string
@@ -27,11 +36,13 @@ type Record struct {
 // id identifies the event: the inbox stores each (id, handler key) once, so
 // a redelivered event with the same id is ignored. eventType selects the
 // handlers registered with [Registry.On]. payload is the received body; it
-// may be empty. eventDate is when the event occurred; it defaults to now.
+// may be empty, and NewRecord keeps a copy of it. eventDate is when the event
+// occurred; it defaults to now.
 //
 // The error wraps [ErrInvalidRecord] when id is [uuid.Nil], eventType is
-// blank, longer than [MaxEventTypeLength] bytes or not valid UTF-8 text, or
-// eventDate is the zero time or outside the years 1 to 9999.
+// blank, longer than [MaxEventTypeLength] bytes or not valid UTF-8 text, the
+// payload is larger than [MaxPayloadSize], or eventDate is the zero time or
+// outside the years 1 to 9999.
 func NewRecord(id uuid.UUID, eventType string, payload []byte, eventDate ...time.Time) (*Record, error) {
 	if len(eventDate) > 1 {
 		return nil, fmt.Errorf("%w: got %d event dates, want at most one", ErrInvalidRecord, len(eventDate))
@@ -43,7 +54,10 @@ func NewRecord(id uuid.UUID, eventType string, payload []byte, eventDate ...time
 			return nil, fmt.Errorf("%w: event date is the zero time", ErrInvalidRecord)
 		}
 	}
-	r := &Record{id: id, eventType: eventType, payload: payload, eventDate: date}
+	if len(payload) > MaxPayloadSize {
+		return nil, fmt.Errorf("%w: payload is %d bytes, the limit is %d (MaxPayloadSize)", ErrInvalidRecord, len(payload), MaxPayloadSize)
+	}
+	r := &Record{id: id, eventType: eventType, payload: bytes.Clone(payload), eventDate: date}
 	if err := r.validate(); err != nil {
 		return nil, err
 	}
@@ -56,8 +70,8 @@ func (r *Record) ID() uuid.UUID { return r.id }
 // EventType returns the event type.
 func (r *Record) EventType() string { return r.eventType }
 
-// Payload returns the event body. The caller must not modify it.
-func (r *Record) Payload() []byte { return r.payload }
+// Payload returns a copy of the event body (nil if NewRecord got nil).
+func (r *Record) Payload() []byte { return bytes.Clone(r.payload) }
 
 // EventDate returns when the event occurred.
 func (r *Record) EventDate() time.Time { return r.eventDate }
@@ -105,13 +119,23 @@ type RecordState struct {
 	HandlerKey string
 	Status     Status
 	// Attempts counts the attempts started so far, including one that is
-	// running or whose worker died.
+	// running or whose worker died. An attempt that ended with [RetryAfter]
+	// or was handed back unstarted at Stop is not counted.
 	Attempts int
-	// LastError is the failure of the latest failed attempt, or "".
+	// MaxAttempts is the most attempts the row gets, fixed when it was
+	// stored: the handler's [HandlerMaxAttempts], else the storing Inbox's
+	// [WithMaxRetryAttempt].
+	MaxAttempts int
+	// LastError is the failure of the latest failed attempt, or "". It is
+	// bounded to [MaxErrorLength] bytes: a longer text keeps its start and
+	// its end around a marker saying how much was left out.
 	LastError string
-	EventDate time.Time
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	// PayloadErased reports that retention erased the payload
+	// ([WithPayloadRetention]); the row stays for deduplication.
+	PayloadErased bool
+	EventDate     time.Time
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
 	// NextAttemptAt is when the row is next due, for Null and Failed rows;
 	// nil otherwise.
 	NextAttemptAt *time.Time

@@ -1,6 +1,7 @@
 package inbox
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -15,10 +16,11 @@ import (
 // for an event type gets its own row per event, with its own status and
 // attempts, so handlers succeed and fail independently.
 //
-// A handler may also implement:
-//
-//   - Timeout() time.Duration, to override the inbox's handler timeout;
-//   - [TxHandler], to run inside the transaction that marks its row done.
+// A handler may also implement [TxHandler], to run inside the transaction
+// that marks its row done, and Timeout() time.Duration, to override the
+// Inbox's handler timeout. Both are looked up once, when the handler is
+// registered. Settings given at registration with [Registry.Handle] take
+// precedence over the Timeout method.
 type Handler interface {
 	// Key identifies the handler within its event type. It must be unique
 	// per event type, not blank, and stable across deploys: stored rows
@@ -36,7 +38,8 @@ type Handler interface {
 // marks the row done: the handler's writes and the row's completion commit
 // together or not at all, so the writes take effect exactly once. A failed,
 // timed-out or panicking ProcessTx rolls its writes back and is retried.
-// ProcessTx must not commit or roll back tx.
+// ProcessTx must not commit or roll back tx: the inbox does, and reports a
+// handler that did with [ErrTxControl].
 type TxHandler interface {
 	Handler
 	ProcessTx(ctx context.Context, tx pgx.Tx, payload []byte) error
@@ -86,22 +89,30 @@ func (h txFuncHandler) ProcessTx(ctx context.Context, tx pgx.Tx, payload []byte)
 
 type timeouter interface{ Timeout() time.Duration }
 
-// Registry maps event types to their handlers. Fill it with On before
-// passing it to [New]; New copies it, so later changes do not affect a
-// running Inbox. A Registry is safe for concurrent use.
+// Registry maps event types to their handlers. Fill it with [Registry.On]
+// or [Registry.Handle] before passing it to [New]; New copies it, so later
+// changes do not affect a running Inbox. A Registry is safe for concurrent
+// use.
 type Registry struct {
 	mu       sync.Mutex
-	handlers map[string][]Handler
+	handlers map[string][]registration
 	errs     []error
+}
+
+// registration is one handler of an event type with its own settings.
+type registration struct {
+	h   Handler
+	cfg handlerConfig
 }
 
 // NewRegistry returns an empty Registry.
 func NewRegistry() *Registry {
-	return &Registry{handlers: make(map[string][]Handler)}
+	return &Registry{handlers: make(map[string][]registration)}
 }
 
 // On registers handlers for an event type. Every handler registered for a
 // type runs for each event of that type, each with its own row and status.
+// They get the Inbox's settings; use [Registry.Handle] to give one its own.
 //
 // For example, On("order_created", reserve, notify) stores two rows for each
 // order_created event, one per handler key, and runs both handlers.
@@ -114,9 +125,6 @@ func NewRegistry() *Registry {
 func (r *Registry) On(eventType string, handlers ...Handler) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.handlers == nil {
-		r.handlers = make(map[string][]Handler)
-	}
 	if err := validateName("event type", eventType); err != nil {
 		r.errs = append(r.errs, err)
 		return
@@ -126,29 +134,72 @@ func (r *Registry) On(eventType string, handlers ...Handler) {
 		return
 	}
 	for i, h := range handlers {
-		if h == nil {
-			r.errs = append(r.errs, fmt.Errorf("event type %q: handler %d is nil", eventType, i))
-			continue
-		}
-		key := h.Key()
-		if err := validateName("handler key", key); err != nil {
-			r.errs = append(r.errs, fmt.Errorf("event type %q: %w", eventType, err))
-			continue
-		}
-		if nilFunc(h) {
-			r.errs = append(r.errs, fmt.Errorf("event type %q: handler %q has a nil function", eventType, key))
-			continue
-		}
-		if t, ok := h.(timeouter); ok && t.Timeout() <= 0 {
-			r.errs = append(r.errs, fmt.Errorf("event type %q: handler %q: Timeout() is %v, must be positive", eventType, key, t.Timeout()))
-			continue
-		}
-		if r.has(eventType, key) {
-			r.errs = append(r.errs, fmt.Errorf("event type %q: handler key %q registered twice; keys must be unique per event type", eventType, key))
-			continue
-		}
-		r.handlers[eventType] = append(r.handlers[eventType], h)
+		r.add(eventType, i, h, nil)
 	}
+}
+
+// Handle registers one handler for an event type with settings of its own,
+// which override the Inbox's for this handler only: for example
+//
+//	registry.Handle("order_created", reserve,
+//		inbox.HandlerTimeout(30*time.Second),
+//		inbox.HandlerMaxAttempts(10),
+//		inbox.HandlerConcurrency(5))
+//
+// The settings belong to the registration, not to the handler value, so
+// wrapping a handler loses none of them. Handle records mistakes as
+// [Registry.On] does, and also every [HandlerOption] with a bad value.
+func (r *Registry) Handle(eventType string, h Handler, opts ...HandlerOption) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := validateName("event type", eventType); err != nil {
+		r.errs = append(r.errs, err)
+		return
+	}
+	r.add(eventType, 0, h, opts)
+}
+
+// add registers h (the i-th handler of the call) for eventType.
+func (r *Registry) add(eventType string, i int, h Handler, opts []HandlerOption) {
+	if r.handlers == nil {
+		r.handlers = make(map[string][]registration)
+	}
+	if h == nil {
+		r.errs = append(r.errs, fmt.Errorf("event type %q: handler %d is nil", eventType, i))
+		return
+	}
+	key := h.Key()
+	if err := validateName("handler key", key); err != nil {
+		r.errs = append(r.errs, fmt.Errorf("event type %q: %w", eventType, err))
+		return
+	}
+	if nilFunc(h) {
+		r.errs = append(r.errs, fmt.Errorf("event type %q: handler %q has a nil function", eventType, key))
+		return
+	}
+	var cfg handlerConfig
+	if t, ok := h.(timeouter); ok {
+		if t.Timeout() <= 0 {
+			r.errs = append(r.errs, fmt.Errorf("event type %q: handler %q: Timeout() is %v, must be positive", eventType, key, t.Timeout()))
+			return
+		}
+		cfg.timeout = t.Timeout()
+	}
+	for j, opt := range opts {
+		if opt == nil {
+			r.errs = append(r.errs, fmt.Errorf("event type %q: handler %q: option %d is nil", eventType, key, j))
+			return
+		}
+		if err := opt(&cfg); err != nil {
+			r.errs = append(r.errs, fmt.Errorf("event type %q: handler %q: %w", eventType, key, err))
+			return
+		}
+	}
+	if r.has(eventType, key) {
+		r.errs = append(r.errs, fmt.Errorf("event type %q: handler key %q registered twice; keys must be unique per event type", eventType, key))
+		return
+	}
+	r.handlers[eventType] = append(r.handlers[eventType], registration{h: h, cfg: cfg})
 }
 
 // nilFunc reports a HandlerFunc or TxHandlerFunc made with a nil function.
@@ -163,8 +214,8 @@ func nilFunc(h Handler) bool {
 }
 
 func (r *Registry) has(eventType, key string) bool {
-	for _, h := range r.handlers[eventType] {
-		if h.Key() == key {
+	for _, reg := range r.handlers[eventType] {
+		if reg.h.Key() == key {
 			return true
 		}
 	}
@@ -177,26 +228,47 @@ func (r *Registry) Handlers() map[string][]Handler {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make(map[string][]Handler, len(r.handlers))
-	for t, hs := range r.handlers {
-		out[t] = append([]Handler(nil), hs...)
+	for t, regs := range r.handlers {
+		for _, reg := range regs {
+			out[t] = append(out[t], reg.h)
+		}
 	}
 	return out
 }
 
+// route is one registered (event type, handler key) pair with its settings
+// resolved against the Inbox's.
+type route struct {
+	eventType, key string
+	handler        Handler
+	tx             TxHandler // the handler as registered, if transactional
+	timeout        time.Duration
+	maxAttempts    int
+	backoffBase    time.Duration
+	backoffMax     time.Duration
+	// concurrency is the most runs at once in one Inbox; 0 for no limit of
+	// its own.
+	concurrency int
+	// index is the route's position in routes.list.
+	index int
+}
+
 // routes is the immutable snapshot of a registry that an Inbox uses.
 type routes struct {
-	// keys: event type to its handler keys, in registration order.
-	keys map[string][]string
-	// handlers: (event type, handler key) to its handler.
-	handlers map[[2]string]Handler
+	// byType: event type to its routes, in registration order.
+	byType map[string][]*route
+	// byPair: (event type, handler key) to its route.
+	byPair map[[2]string]*route
+	// list: every route, sorted by event type then registration order.
+	list []*route
 	// eventTypes: the registered event types, sorted.
 	eventTypes []string
-	// pairTypes and pairKeys are parallel: one entry per (event type,
-	// handler key) pair, sorted by type, as passed to SQL.
+	// pairTypes and pairKeys are parallel to list, as passed to SQL.
 	pairTypes, pairKeys []string
 }
 
-func (r *Registry) snapshot() (*routes, error) {
+// snapshot resolves the registry against the Inbox's configuration.
+func (r *Registry) snapshot(cfg *config) (*routes, error) {
 	if r == nil {
 		return nil, fmt.Errorf("%w: registry is nil; build one with NewRegistry", ErrInvalidRegistry)
 	}
@@ -208,18 +280,30 @@ func (r *Registry) snapshot() (*routes, error) {
 	if len(r.handlers) == 0 {
 		return nil, fmt.Errorf("%w: no handlers registered; call Registry.On before New", ErrInvalidRegistry)
 	}
-	rt := &routes{keys: make(map[string][]string, len(r.handlers)), handlers: make(map[[2]string]Handler)}
+	rt := &routes{byType: make(map[string][]*route, len(r.handlers)), byPair: make(map[[2]string]*route)}
 	for t := range r.handlers {
 		rt.eventTypes = append(rt.eventTypes, t)
 	}
 	sort.Strings(rt.eventTypes)
 	for _, t := range rt.eventTypes {
-		for _, h := range r.handlers[t] {
-			key := h.Key()
-			rt.keys[t] = append(rt.keys[t], key)
-			rt.handlers[[2]string{t, key}] = h
+		for _, reg := range r.handlers[t] {
+			ro := &route{
+				eventType:   t,
+				key:         reg.h.Key(),
+				handler:     reg.h,
+				timeout:     cmp.Or(reg.cfg.timeout, cfg.handlerTimeout),
+				maxAttempts: cmp.Or(reg.cfg.maxAttempts, cfg.maxAttempts),
+				backoffBase: cmp.Or(reg.cfg.backoffBase, cfg.backoffBase),
+				backoffMax:  cmp.Or(reg.cfg.backoffMax, cfg.backoffMax),
+				concurrency: reg.cfg.concurrency,
+				index:       len(rt.list),
+			}
+			ro.tx, _ = reg.h.(TxHandler)
+			rt.byType[t] = append(rt.byType[t], ro)
+			rt.byPair[[2]string{t, ro.key}] = ro
+			rt.list = append(rt.list, ro)
 			rt.pairTypes = append(rt.pairTypes, t)
-			rt.pairKeys = append(rt.pairKeys, key)
+			rt.pairKeys = append(rt.pairKeys, ro.key)
 		}
 	}
 	return rt, nil

@@ -2,23 +2,54 @@ package inbox
 
 // Every statement the package runs. Table names are unqualified: the inbox
 // lives in the schema the connection's search_path resolves to.
+//
+// Parameters are passed in forms that every pgx exec mode can encode, text
+// as well as binary (uuids as pgtype.UUID, never as bare [16]byte), so the
+// statements also work behind connection poolers that need pgx's exec or
+// simple-protocol modes.
 
-// setSQL stores rows, one per (record, registered handler key), in one
-// statement; rows that exist already are left alone. When asked to ($6),
-// each inserted row notifies idle workers: PostgreSQL folds the identical
-// notifications of a transaction into one, delivered at commit, and sends
-// none when nothing was inserted.
+// setSQL stores rows, one per (record, handler key), in one statement; rows
+// that exist already are left alone. Client sorts the rows by (event id,
+// handler key) and drops repeats before sending them: the insert takes its
+// unique-index locks in the order of the arrays (a function scan returns
+// them in order), so concurrent Sets with overlapping rows always lock in
+// the same order and cannot deadlock.
+//
+// It returns the number of rows inserted and, only when that is fewer than
+// $8 (some rows existed), which rows were inserted. When asked to ($9) and
+// a row was inserted, it notifies idle workers once; the notification is
+// delivered at commit.
 var setSQL = `
-INSERT INTO inbox_records (event_id, handler_key, event_type, payload, event_date)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::timestamptz[])
-ON CONFLICT (event_id, handler_key) DO NOTHING
-RETURNING ` + notifyIf("$6")
+WITH ins AS (
+    INSERT INTO inbox_records (event_id, handler_key, event_type, payload, payload_hash, max_attempts, event_date)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int4[], $7::timestamptz[])
+    ON CONFLICT (event_id, handler_key) DO NOTHING
+    RETURNING event_id, handler_key
+), n AS (
+    SELECT count(*) AS n FROM ins
+)
+SELECT n.n,
+       CASE WHEN n.n < $8 THEN (SELECT array_agg(event_id) FROM ins) END,
+       CASE WHEN n.n < $8 THEN (SELECT array_agg(handler_key) FROM ins) END,
+       CASE WHEN $9::bool AND n.n > 0 THEN ` + notifySQL + ` END IS NOT NULL
+FROM n`
 
-// notifyIf is a RETURNING expression that notifies the table's channel
-// when the boolean parameter flag is true.
-func notifyIf(flag string) string {
-	return `CASE WHEN ` + flag + `::bool THEN pg_notify(` + channelExpr + `, '') END`
-}
+// existingSQL returns the stored payload hash of each of the given rows
+// that exists, by the rows' position in the arrays (from 1). It runs after
+// setSQL, in a new snapshot, so it sees rows that concurrent Sets committed
+// while setSQL waited for them. Each row is found through the primary key.
+const existingSQL = `
+SELECT u.i, t.payload_hash
+FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS u(event_id, handler_key, i)
+CROSS JOIN LATERAL (
+    SELECT payload_hash FROM inbox_records
+    WHERE event_id = u.event_id AND handler_key = u.handler_key
+    LIMIT 1
+) t`
+
+// notifySQL notifies the table's channel; the payload is constant, so
+// PostgreSQL folds a transaction's notifications into one.
+const notifySQL = `pg_notify(` + channelExpr + `, '')`
 
 // channelExpr names the notification channel of the inbox table in the
 // current schema; a schema name too long for a channel is hashed.
@@ -27,20 +58,46 @@ const channelExpr = `(CASE WHEN octet_length(current_schema()) <= 49
 
 const channelSQL = `SELECT ` + channelExpr
 
+// probeSQL sends a notification with a payload, to check that a listening
+// connection receives what is sent through the pool.
+const probeSQL = `SELECT pg_notify(` + channelExpr + `, $1) IS NOT NULL`
+
+// noFlushSQL makes the transaction it runs in commit without waiting for
+// the WAL flush, and plan its statements without sorts. Claims and lease
+// renewals run after it in the same transaction: if a database crash loses
+// one, rows merely go back to their previous state and are claimed again,
+// which the guarded result writes already allow for. With sorts disabled
+// the claim walks the due index in order whatever the table's statistics
+// say: planned from the statistics of an empty table (right after CREATE
+// or TRUNCATE, before autoanalyze) it would otherwise sort every due row.
+// The sorts that remain (of the few hundred rows claimed) then carry the
+// planner's penalty for disabled nodes, which would push the plan's cost
+// over jit_above_cost and spend half a second compiling it: JIT is off.
+const noFlushSQL = `SELECT set_config('synchronous_commit', 'off', true),
+       set_config('enable_sort', 'off', true),
+       set_config('jit', 'off', true)`
+
 // claimSQL locks up to $3 due rows of the registered (event type, handler
-// key) pairs, oldest due first, skipping rows other workers hold, and leases
-// them to worker $5 for $6 milliseconds, counting an attempt. A row whose
-// lease expired (its worker died) is claimed again, its lost attempt
-// recorded ($7); if it has used up its $4 attempts it becomes dead instead.
+// key) pairs $1, $2, oldest due first, skipping rows other workers hold. Of
+// those it claims, in due order, at most $4[i] rows of pair i (the handler's
+// free concurrency, when limited) and rows whose payloads add up to at most
+// $5 bytes (always the first row). It leases them to worker $6 for $7
+// milliseconds, counting an attempt. A row whose lease expired (its worker
+// died) is claimed again, its lost attempt recorded ($8); if it has used up
+// its own max_attempts it becomes dead instead, owing its dead callback to
+// $9 (NULL: no callback).
 //
 // The MATERIALIZED CTE cannot lock more rows than the limit. The update
-// reaches the locked rows by ctid = ANY(ARRAY(...)), a TID scan whatever
+// reaches the picked rows by ctid = ANY(ARRAY(...)), a TID scan whatever
 // plan the statement gets: joining the CTE back to the table lets a generic
 // plan hash-join the whole table. The old status comes back through a join
-// of the two small CTE results.
+// of the two small CTE results. The first column counts the rows locked, so
+// the caller knows whether more may be due when it claimed fewer. Whenever
+// a row is locked one is claimed: the oldest due row is within every cap
+// (a pair with no free concurrency is not passed at all) and the budget.
 const claimSQL = `
 WITH due AS MATERIALIZED (
-    SELECT ctid, event_id, handler_key, status
+    SELECT ctid, event_id, handler_key, event_type, status, due_at, octet_length(payload) AS size
     FROM inbox_records
     WHERE status IN ('', 'failed', 'progress')
       AND due_at <= now()
@@ -48,40 +105,58 @@ WITH due AS MATERIALIZED (
     ORDER BY due_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
+), ranked AS MATERIALIZED (
+    SELECT d.ctid, d.event_id, d.handler_key, d.status,
+           row_number() OVER (PARTITION BY d.event_type, d.handler_key ORDER BY d.due_at) AS nth,
+           sum(coalesce(d.size, 0)) OVER (ORDER BY d.due_at, d.ctid) - coalesce(d.size, 0) AS before,
+           p.cap
+    FROM due d
+    JOIN unnest($1::text[], $2::text[], $4::int[]) AS p(event_type, handler_key, cap)
+      ON p.event_type = d.event_type AND p.handler_key = d.handler_key
+), picked AS MATERIALIZED (
+    SELECT * FROM ranked WHERE nth <= cap AND (before = 0 OR before < $5)
 ), claimed AS (
     UPDATE inbox_records AS r
-    SET status     = CASE WHEN r.attempts >= $4 THEN 'dead' ELSE 'progress' END,
-        attempts   = CASE WHEN r.attempts >= $4 THEN r.attempts ELSE r.attempts + 1 END,
-        last_error = CASE WHEN r.status = 'progress'
-                          THEN 'attempt ' || r.attempts || ': ' || $7::text
-                          ELSE r.last_error END,
-        locked_by  = CASE WHEN r.attempts >= $4 THEN NULL ELSE $5::uuid END,
-        due_at     = CASE WHEN r.attempts >= $4 THEN r.due_at
-                          ELSE now() + $6::bigint * interval '1 millisecond' END,
-        updated_at = now()
-    WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM due))
-    RETURNING r.event_id, r.event_type, r.handler_key, r.payload, r.attempts, r.status, r.last_error
+    SET status           = CASE WHEN r.attempts >= r.max_attempts THEN 'dead' ELSE 'progress' END,
+        attempts         = CASE WHEN r.attempts >= r.max_attempts THEN r.attempts ELSE r.attempts + 1 END,
+        last_error       = CASE WHEN r.status = 'progress'
+                                THEN 'attempt ' || r.attempts || ': ' || $8::text
+                                ELSE r.last_error END,
+        locked_by        = CASE WHEN r.attempts >= r.max_attempts THEN NULL ELSE $6::uuid END,
+        dead_callback_by = CASE WHEN r.attempts >= r.max_attempts THEN $9::uuid END,
+        due_at           = CASE WHEN r.attempts >= r.max_attempts THEN r.due_at
+                                ELSE now() + $7::bigint * interval '1 millisecond' END,
+        updated_at       = now()
+    WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM picked))
+    RETURNING r.event_id, r.event_type, r.handler_key, r.payload, r.attempts, r.max_attempts,
+              r.status, r.last_error, r.created_at
 )
-SELECT c.event_id, c.event_type, c.handler_key, c.payload, c.attempts, c.status,
-       d.status = 'progress' AS rescued, c.last_error
+SELECT (SELECT count(*) FROM due), c.event_id, c.event_type, c.handler_key, c.payload, c.attempts,
+       c.max_attempts, c.status, p.status, c.last_error, c.created_at
 FROM claimed c
-JOIN due d ON d.event_id = c.event_id AND d.handler_key = c.handler_key`
+JOIN picked p ON p.event_id = c.event_id AND p.handler_key = c.handler_key`
 
-// completeSQL writes the results of many attempts in one statement. Each
-// row is written only while worker $7 still holds it for that attempt, so a
-// late writer never overwrites a newer attempt. Null error or due time
-// keeps the stored one.
+// completeSQL writes the results of many attempts in one statement: done,
+// failed with its next due time, dead, or handed back unstarted. Each row
+// is written only while worker $9 still holds it for that attempt, so a
+// late writer never overwrites a newer attempt. A NULL error or due time
+// keeps the stored one; $6[i] false takes back the attempt the claim
+// counted (a row handed back unstarted, or a handler that asked to retry
+// later). A row that becomes dead owes its dead callback to $10 (NULL: no
+// callback). It returns the rows written.
 var completeSQL = `
-WITH ` + byKey(`unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[])
-         AS u(event_id, handler_key, attempts, status, last_error, due_at)`) + `
+WITH ` + byKey(`unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bool[], $7::timestamptz[])
+         AS u(event_id, handler_key, attempts, status, last_error, counted, due_at)`) + `
 UPDATE inbox_records AS r
-SET status     = v.status,
-    last_error = coalesce(v.last_error, r.last_error),
-    due_at     = coalesce(v.due_at, r.due_at),
-    locked_by  = NULL,
-    updated_at = now()
+SET status           = v.status,
+    attempts         = CASE WHEN v.counted THEN r.attempts ELSE r.attempts - 1 END,
+    last_error       = coalesce(v.last_error, r.last_error),
+    due_at           = coalesce(v.due_at, r.due_at),
+    locked_by        = NULL,
+    dead_callback_by = CASE WHEN v.status = 'dead' THEN $8::uuid END,
+    updated_at       = now()
 FROM v
-WHERE ` + heldBy("$7") + `
+WHERE ` + heldBy("$9") + `
 RETURNING r.event_id, r.handler_key`
 
 // byKey is a CTE v of the rows named by the unnest expression u (which has
@@ -119,44 +194,121 @@ SET status = 'done', locked_by = NULL, updated_at = now()
 WHERE event_id = $1 AND handler_key = $2
   AND status = 'progress' AND locked_by = $3 AND attempts = $4`
 
-// releaseSQL hands rows whose handlers never started back to the queue,
-// due now, without counting the attempt, and (when $5) wakes idle workers.
-var releaseSQL = `
-WITH ` + byKey(`unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, attempts)`) + `
-UPDATE inbox_records AS r
-SET status     = CASE WHEN r.attempts <= 1 THEN '' ELSE 'failed' END,
-    attempts   = r.attempts - 1,
-    locked_by  = NULL,
-    due_at     = now(),
-    updated_at = now()
+// renewSQL extends the leases worker $4 holds on the given rows, for $5
+// milliseconds. It never waits for a lock: a row another statement has
+// locked (its result being written, a TxHandler committing) is skipped this
+// time. It returns the rows that are no longer the worker's: gone, or held
+// by another worker or for another attempt. A row that is no longer in
+// progress but still at the worker's attempt (or one before it: handed
+// back) was finished by this worker, and is not returned.
+const renewSQL = `
+WITH v AS MATERIALIZED (
+    SELECT u.event_id, u.handler_key, u.attempts, t.ctid AS row_ctid,
+           t.status, t.locked_by, t.attempts AS now_attempts
+    FROM unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, attempts)
+    LEFT JOIN LATERAL (
+        SELECT ctid, status, locked_by, attempts FROM inbox_records
+        WHERE event_id = u.event_id AND handler_key = u.handler_key
+        LIMIT 1
+    ) t ON true
+), mine AS MATERIALIZED (
+    SELECT ctid FROM inbox_records
+    WHERE ctid = ANY (ARRAY(
+            SELECT row_ctid FROM v
+            WHERE status = 'progress' AND locked_by = $4::uuid AND now_attempts = attempts))
+      AND status = 'progress' AND locked_by = $4::uuid
+    FOR UPDATE SKIP LOCKED
+), renewed AS (
+    -- Runs although nothing reads it, as every data-modifying CTE does.
+    UPDATE inbox_records
+    SET due_at = now() + $5::bigint * interval '1 millisecond'
+    WHERE ctid = ANY (ARRAY(SELECT ctid FROM mine))
+)
+SELECT event_id, handler_key
 FROM v
-WHERE ` + heldBy("$4") + `
-RETURNING ` + notifyIf("$5")
+WHERE row_ctid IS NULL
+   OR (status = 'progress' AND (locked_by <> $4::uuid OR now_attempts <> attempts))
+   OR (status <> 'progress' AND now_attempts NOT IN (attempts, attempts - 1))`
 
-// renewSQL extends the leases worker $4 holds on the given rows and returns
-// the rows it still holds.
-var renewSQL = `
-WITH ` + byKey(`unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, attempts)`) + `
-UPDATE inbox_records AS r
-SET due_at = now() + $5::bigint * interval '1 millisecond'
-FROM v
-WHERE ` + heldBy("$4") + `
-RETURNING r.event_id, r.handler_key`
-
-// eraseSQL deletes up to $2 done or dead rows last changed before $1.
-// Rows another instance is deleting are skipped, so several instances may
-// run retention at once.
-const eraseSQL = `
-DELETE FROM inbox_records
+// deadCallbacksSQL takes up to $2 dead rows whose dead callback worker $1
+// owes, clearing the debt, and returns what the callback needs. Rows
+// another statement has locked are left for the next call.
+const deadCallbacksSQL = `
+UPDATE inbox_records
+SET dead_callback_by = NULL
 WHERE ctid = ANY (ARRAY(
     SELECT ctid FROM inbox_records
-    WHERE status IN ('done', 'dead') AND updated_at < $1
+    WHERE dead_callback_by = $1::uuid AND status = 'dead'
     LIMIT $2
+    FOR UPDATE SKIP LOCKED))
+RETURNING event_id, event_type, handler_key, attempts, last_error`
+
+// adoptCallbacksSQL makes worker $1 owe the dead callbacks that workers
+// without a live heartbeat still owed, for the (event type, handler key)
+// pairs $2, $3 it runs, up to $4 rows at a time. Dead callbacks are thereby
+// delivered at least once per row, even when the process that owed one
+// crashed or stopped before delivering it.
+const adoptCallbacksSQL = `
+UPDATE inbox_records
+SET dead_callback_by = $1::uuid
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM inbox_records
+    WHERE dead_callback_by IS NOT NULL
+      AND dead_callback_by <> $1::uuid
+      AND status = 'dead'
+      AND (event_type, handler_key) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+      AND NOT EXISTS (SELECT FROM inbox_workers w
+                      WHERE w.id = dead_callback_by AND w.expires_at >= now())
+    LIMIT $4
     FOR UPDATE SKIP LOCKED))`
 
+// retentionLeaseSQL takes (or keeps) the lease on the retention task for
+// worker $1, for $2 milliseconds, if the last run finished more than $3
+// milliseconds ago and no other worker holds a live lease. It returns a
+// row only when the lease is taken.
+const retentionLeaseSQL = `
+UPDATE inbox_maintenance
+SET holder = $1::uuid, lease_until = now() + $2::bigint * interval '1 millisecond'
+WHERE task = 'retention'
+  AND (holder = $1::uuid
+       OR ((last_run_at IS NULL OR last_run_at <= now() - $3::bigint * interval '1 millisecond')
+           AND (lease_until IS NULL OR lease_until < now())))
+RETURNING true`
+
+// retentionDoneSQL records a finished retention run of worker $1.
+const retentionDoneSQL = `
+UPDATE inbox_maintenance
+SET holder = NULL, lease_until = NULL, last_run_at = now()
+WHERE task = 'retention' AND holder = $1::uuid`
+
+// tableBlocksSQL is the number of blocks of the inbox table.
+const tableBlocksSQL = `
+SELECT pg_relation_size('inbox_records') / current_setting('block_size')::bigint`
+
+// retentionChunkSQL applies retention to the blocks from $1 up to, not
+// including, $2, reached by a TID range scan: it deletes done and dead rows
+// last changed before $3 (the dedup window), and erases the payload of done
+// rows last changed before $4 (the payload window) but not before $3. It
+// returns the rows deleted and the payloads erased.
+const retentionChunkSQL = `
+WITH deleted AS (
+    DELETE FROM inbox_records
+    WHERE ctid >= $1::tid AND ctid < $2::tid
+      AND status IN ('done', 'dead') AND updated_at < $3
+    RETURNING 1
+), erased AS (
+    UPDATE inbox_records
+    SET payload = NULL
+    WHERE ctid >= $1::tid AND ctid < $2::tid
+      AND status = 'done' AND payload IS NOT NULL
+      AND updated_at < $4 AND updated_at >= $3
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM deleted), (SELECT count(*) FROM erased)`
+
 const lookupSQL = `
-SELECT event_id, event_type, handler_key, status, attempts, last_error,
-       event_date, created_at, updated_at,
+SELECT event_id, event_type, handler_key, status, attempts, max_attempts, last_error,
+       payload IS NULL, event_date, created_at, updated_at,
        CASE WHEN status IN ('', 'failed') THEN due_at END AS next_attempt_at
 FROM inbox_records
 WHERE event_id = $1
@@ -166,7 +318,7 @@ const countsSQL = `SELECT status, count(*) FROM inbox_records GROUP BY status`
 
 // oldestDueSQL returns how long the oldest due row has waited, or null.
 const oldestDueSQL = `
-SELECT extract(epoch FROM now() - min(due_at))
+SELECT extract(epoch FROM now() - min(due_at))::float8
 FROM inbox_records
 WHERE status IN ('', 'failed', 'progress') AND due_at <= now()`
 
@@ -186,4 +338,15 @@ FROM inbox_workers
 WHERE expires_at >= now()
 ORDER BY started_at, id`
 
-const tableCheckSQL = `SELECT to_regclass('inbox_records') IS NOT NULL`
+// schemaSQL reports which of the inbox's tables exist in the current
+// schema, and the latest migration recorded as applied (0 without the
+// version table).
+const schemaSQL = `
+SELECT to_regclass('inbox_records') IS NOT NULL,
+       to_regclass('inbox_workers') IS NOT NULL,
+       to_regclass('inbox_maintenance') IS NOT NULL,
+       to_regclass('` + VersionTable + `') IS NOT NULL`
+
+const schemaVersionSQL = `SELECT coalesce(max(version_id), 0) FROM ` + VersionTable + ` WHERE is_applied`
+
+const serverVersionSQL = `SELECT current_setting('server_version_num')::int, current_schema()`

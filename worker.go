@@ -6,148 +6,159 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// The worker of one Inbox is a pipeline:
+// The worker of one Inbox is a few goroutines around one owner:
 //
-//	claimer ──jobs──▶ runners (concurrency) ──results──▶ completer
+//	claimer ──claimed──▶ ┌───────┐ ──jobs──────▶ runners (concurrency)
+//	                     │ owner │ ◀─results────┘
+//	writer ◀──writes──── │       │ ──renewals──▶ renewer
+//	   └────written────▶ └───────┘ ◀──renewed────┘
 //
-// The claimer takes due rows in batches, leasing them; runners run the
-// handlers; the completer writes results in set-based statements and
-// renews the leases of every row the worker holds. A worker holds at most
-// concurrency + batch size rows. A runner's slot frees when its handler
-// returns, not when the result is written.
-
-// rowKey identifies a row.
-type rowKey struct {
-	id  uuid.UUID
-	key string
-}
-
-// job is a claimed row. Fields below mu are guarded by worker.mu.
-type job struct {
-	rowKey
-	eventType string
-	payload   []byte
-	attempts  int
-	handler   Handler
-	timeout   time.Duration
-
-	// guarded by worker.mu
-	started  bool
-	finished bool
-	lost     bool
-	// committing: a TxHandler's transaction has marked the row done and
-	// holds its lock, so no other worker can take the row over; a renewal
-	// that misses the row saw that commit, not a lost lease.
-	committing bool
-	renewUntil time.Time
-	cancel     context.CancelCauseFunc
-}
-
-// result is what a runner hands the completer.
-type result struct {
-	job *job
-	err error
-	// written: a TxHandler marked the row done in its own transaction.
-	written bool
-	// released: the handler never started; give the row back.
-	released bool
-	// lost: the worker no longer held the row when it tried to write.
-	lost bool
-}
-
+// The owner goroutine alone holds the claimed rows, in held (held.go), a
+// state machine with named states; every other goroutine sends it events
+// and gets work from it, and the owner never waits for any of them: it
+// hands a runner a job only when one is free, and the writer or the renewer
+// a batch only when it is idle. So the path of a row reads in one place:
+// own() below. The writer and the renewer are separate goroutines so that
+// a slow result write never delays lease renewals; the renewer never waits
+// for a row lock, so the two cannot deadlock. Callbacks (callbacks.go) run
+// in goroutines of their own and cannot stall any of this.
 type worker struct {
 	ib     *Inbox
 	cfg    *config
+	db     db
 	log    *slog.Logger
 	routes *routes
 	id     uuid.UUID
+	// deadBy is the worker's id in dead_callback_by when a dead callback
+	// is set, else NULL.
+	deadBy pgtype.UUID
 
-	ctx    context.Context // lives until the worker has stopped
+	// ctx lives until the worker has stopped: maintenance and the
+	// listener run on it.
+	ctx    context.Context
 	cancel context.CancelFunc
+	// ioCtx carries claims, result writes and renewals; it ends only on
+	// a hard stop, so that a graceful Stop lets them finish.
+	ioCtx    context.Context
+	cancelIO context.CancelFunc
+	// handlerCtx is the parent of every handler's context.
+	handlerCtx     context.Context
+	cancelHandlers context.CancelCauseFunc
 
-	callbackCtx    context.Context // passed to the dead callback; ends after the last call
-	cancelCallback context.CancelFunc
+	events   chan event       // to the owner
+	jobs     chan *job        // owner → runners
+	writes   chan []*job      // owner → writer
+	renewals chan []renewItem // owner → renewer
+	plans    chan claimPlan   // owner → claimer
 
-	claimCtx    context.Context // ends when stop begins: claim no more
-	cancelClaim context.CancelFunc
+	wake    chan struct{} // a notification arrived
+	resched chan struct{} // nextDue moved earlier
+	nextDue atomic.Int64  // unix nanos of the earliest retry this worker wrote, or 0
 
-	writeCtx    context.Context // for the completer's writes; ends on a hard stop
-	cancelWrite context.CancelFunc
+	stopClaims chan struct{} // closed by Stop: claim no more
+	hardStop   chan struct{} // closed by Stop when its context ends
+	ownerDone  chan struct{} // closed when the owner returns
 
-	handlerCtx    context.Context // parent of handler contexts
-	cancelHandler context.CancelCauseFunc
+	deadCalls *deadCallbacks
+	errCalls  *errorCallbacks
+	guests    sync.Map // goroutine id → struct{}: goroutines that run user code
 
-	capacity int
-	inflight atomic.Int64 // claimed rows whose handler has not returned
+	claimer, owner, runners, io, background sync.WaitGroup
+}
 
-	jobs      chan *job
-	results   chan result
-	wake      chan struct{} // a notification arrived
-	resched   chan struct{} // nextDue moved earlier
-	nextDue   atomic.Int64  // unix nanos of the earliest retry this worker wrote, or 0
-	slotFreed chan struct{} // a handler returned
-	dead      chan DeadRecord
+// event is a message to the owner.
+type event interface{ isEvent() }
 
-	stopRun chan struct{} // closed once the claimer is gone: start no more handlers
+type (
+	// claimedEv: the claimer claimed jobs.
+	claimedEv struct{ jobs []*job }
+	// wantPlanEv: the claimer waits for a plan on w.plans.
+	wantPlanEv struct{}
+	// claimerDoneEv: the claimer has stopped for good.
+	claimerDoneEv struct{}
+	// resultEv: a handler returned, or was abandoned.
+	resultEv struct {
+		job       *job
+		res       result
+		abandoned bool
+	}
+	// writtenEv: the writer finished a batch.
+	writtenEv struct{ jobs []*job }
+	// renewedEv: the renewer finished; lost are rows no longer held.
+	renewedEv struct {
+		lost []rowID
+		err  error
+	}
+)
 
-	mu   sync.Mutex
-	held map[rowKey]*job // claimed rows whose result is not yet written
+func (claimedEv) isEvent()     {}
+func (wantPlanEv) isEvent()    {}
+func (claimerDoneEv) isEvent() {}
+func (resultEv) isEvent()      {}
+func (writtenEv) isEvent()     {}
+func (renewedEv) isEvent()     {}
 
-	claimer, runners, completer, background, callbacks sync.WaitGroup
+// renewItem is a row whose lease to renew.
+type renewItem struct {
+	rowID
+	attempt int
 }
 
 func newWorker(ib *Inbox) *worker {
-	capacity := ib.cfg.concurrency + ib.cfg.batchSize
-	return &worker{
-		ib:        ib,
-		cfg:       &ib.cfg,
-		log:       ib.cfg.logger.With("worker", ib.id),
-		routes:    ib.routes,
-		id:        ib.id,
-		capacity:  capacity,
-		jobs:      make(chan *job, capacity),
-		results:   make(chan result, capacity),
-		wake:      make(chan struct{}, 1),
-		resched:   make(chan struct{}, 1),
-		slotFreed: make(chan struct{}, 1),
-		dead:      make(chan DeadRecord, 1024),
-		stopRun:   make(chan struct{}),
-		held:      make(map[rowKey]*job, capacity),
+	cfg := &ib.cfg
+	w := &worker{
+		ib:         ib,
+		cfg:        cfg,
+		db:         ib.db,
+		log:        cfg.logger.With("worker", ib.id),
+		routes:     ib.routes,
+		id:         ib.id,
+		events:     make(chan event, 2*cfg.concurrency+16),
+		jobs:       make(chan *job, cfg.concurrency),
+		writes:     make(chan []*job, 1),
+		renewals:   make(chan []renewItem, 1),
+		plans:      make(chan claimPlan, 1),
+		wake:       make(chan struct{}, 1),
+		resched:    make(chan struct{}, 1),
+		stopClaims: make(chan struct{}),
+		hardStop:   make(chan struct{}),
+		ownerDone:  make(chan struct{}),
 	}
+	if cfg.hasDead {
+		w.deadBy = pgUUID(ib.id)
+	}
+	return w
 }
 
 func (w *worker) start(ctx context.Context) error {
 	w.ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	w.handlerCtx, w.cancelHandler = context.WithCancelCause(w.ctx)
-	w.claimCtx, w.cancelClaim = context.WithCancel(w.ctx)
-	w.writeCtx, w.cancelWrite = context.WithCancel(w.ctx)
-	w.callbackCtx, w.cancelCallback = context.WithCancel(context.WithoutCancel(ctx))
+	w.ioCtx, w.cancelIO = context.WithCancel(w.ctx)
+	w.handlerCtx, w.cancelHandlers = context.WithCancelCause(w.ctx)
 	if err := w.beat(ctx); err != nil {
 		w.cancel()
-		w.cancelClaim()
-		w.cancelWrite()
-		w.cancelCallback()
 		return err
 	}
+	w.deadCalls = newDeadCallbacks(w)
+	w.errCalls = newErrorCallbacks(w)
 	w.claimer.Add(1)
 	go w.claimLoop()
 	for range w.cfg.concurrency {
 		w.runners.Add(1)
 		go w.runLoop()
 	}
-	w.completer.Add(1)
-	go w.completeLoop()
-	w.callbacks.Add(1)
-	go w.deadLoop()
+	w.owner.Add(1)
+	go w.own()
+	w.io.Add(2)
+	go w.writeLoop()
+	go w.renewLoop()
 	w.background.Add(1)
 	go w.maintainLoop()
 	if w.cfg.notify {
@@ -157,35 +168,50 @@ func (w *worker) start(ctx context.Context) error {
 	return nil
 }
 
-// stop implements Inbox.Stop.
+// stop implements Inbox.Stop. The sequence:
+//
+//  1. The claimer stops claiming. A claim in flight completes (cancelling
+//     it could lose rows the database had already leased to this worker
+//     until their leases ran out), is handed to the owner, and the claimer
+//     tells the owner it is done.
+//  2. The owner then hands back every queued row, unstarted and its
+//     attempt not counted, keeps renewing the leases of the rows still
+//     held, and waits for the running handlers; their results and the
+//     handed-back rows are written. When nothing is held and no write is
+//     in flight, the owner returns and the runners, the writer and the
+//     renewer end.
+//  3. Maintenance and the listener stop; the dead callbacks still owed
+//     are delivered and the error callbacks queued are passed on; the
+//     worker's heartbeat row is deleted.
+//
+// If ctx ends first (a hard stop), Stop cancels the running handlers'
+// contexts and every statement in flight, abandons what is left and
+// returns ctx's error. Rows still held are then left to their leases, and
+// dead callbacks still owed to another Inbox's adoption (see DeadCallback).
 func (w *worker) stop(ctx context.Context) error {
-	w.cancelClaim()
-	w.claimer.Wait()
-	close(w.stopRun)
-	// Hand back what is queued now, even if every runner is busy.
-	w.releaseQueued()
-
-	err := waitCtx(ctx, &w.runners)
+	close(w.stopClaims)
+	err := waitCtx(ctx, &w.claimer, &w.owner, &w.runners)
 	if err != nil {
-		// Hard stop: abandon running handlers to their leases.
-		w.cancelHandler(fmt.Errorf("inbox: Stop's context ended: %w", context.Cause(ctx)))
-		w.cancelCallback()
-		w.cancelWrite()
-	} else {
-		close(w.results) // runners are gone; the completer flushes and returns
+		w.cancelHandlers(fmt.Errorf("inbox: Stop's context ended: %w", context.Cause(ctx)))
+		w.cancelIO()
+		close(w.hardStop)
+		w.owner.Wait()
 	}
-	w.completer.Wait()
+	w.io.Wait()
 	w.cancel()
 	w.background.Wait()
-	close(w.dead)
-	w.callbacks.Wait()
-	w.cancelCallback()
+	if cerr := w.deadCalls.stop(ctx); err == nil {
+		err = cerr
+	}
+	if cerr := w.errCalls.stop(ctx); err == nil {
+		err = cerr
+	}
 	if err == nil {
 		// Leave the table as a stopped worker should: no live heartbeat.
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		if _, derr := w.ib.pool.Exec(dctx, workerDeleteSQL, w.id); derr != nil {
-			w.report(fmt.Errorf("inbox: remove worker heartbeat: %w", derr))
+		if _, derr := w.db.exec(dctx, workerDeleteSQL, pgUUID(w.id)); derr != nil {
+			w.log.Error("inbox: remove worker heartbeat", "error", derr)
 		}
 	}
 	return err
@@ -208,12 +234,128 @@ func waitCtx(ctx context.Context, groups ...*sync.WaitGroup) error {
 	}
 }
 
-// report sends an error of the machinery to the log and the error callback.
-func (w *worker) report(err error) {
-	w.log.Error("inbox: worker error", "error", err)
-	w.cfg.onError(err)
+// send passes an event to the owner, unless the owner has returned.
+func (w *worker) send(ev event) {
+	select {
+	case w.events <- ev:
+	case <-w.ownerDone:
+	}
 }
 
+// report sends an error of the machinery to the log and the error callback.
+func (w *worker) report(err error) {
+	err = bound(err)
+	w.log.Error("inbox: worker error", "error", err)
+	w.errCalls.add(err)
+}
+
+// grace is how long a runner waits for a handler whose context has ended
+// before it records the attempt as failed and frees the slot.
+func (w *worker) grace() time.Duration {
+	return min(w.cfg.lease/3, time.Second)
+}
+
+// own is the owner goroutine: every change of a held row happens here.
+func (w *worker) own() {
+	defer w.owner.Done()
+	defer close(w.ownerDone)
+	defer close(w.jobs)
+	defer close(w.writes)
+	defer close(w.renewals)
+
+	h := newHeld(w.routes.list, w.cfg.concurrency, w.cfg.concurrency+w.cfg.batchSize, w.grace())
+	minClaim := max(1, w.cfg.batchSize/2)
+	ticker := time.NewTicker(w.cfg.lease / 3)
+	defer ticker.Stop()
+	var planWanted, stopping, writing, renewing bool
+	lastRenewed := time.Now()
+	for {
+		now := time.Now()
+		for j := h.start(now); j != nil; j = h.start(now) {
+			j.ctx, j.cancel = context.WithCancelCause(w.handlerCtx)
+			w.jobs <- j // never blocks: at most concurrency jobs are out
+		}
+		if planWanted {
+			if p, ok := h.plan(w.cfg.batchSize, minClaim); ok {
+				w.plans <- p // never blocks: the claimer asked once
+				planWanted = false
+			}
+		}
+		if !writing {
+			if batch := h.takeWrites(); len(batch) > 0 {
+				w.writes <- batch // never blocks: the writer is idle
+				writing = true
+			}
+		}
+		if stopping && h.idle() && !writing {
+			return
+		}
+		select {
+		case ev := <-w.events:
+			switch ev := ev.(type) {
+			case claimedEv:
+				h.add(ev.jobs)
+			case wantPlanEv:
+				planWanted = true
+			case claimerDoneEv:
+				stopping = true
+				h.release()
+			case resultEv:
+				if ev.abandoned {
+					// Its runner is stuck in the handler: another takes its place.
+					w.runners.Add(1)
+					go w.runLoop()
+				}
+				h.finish(ev.job, ev.res)
+			case writtenEv:
+				writing = false
+				h.written(ev.jobs)
+			case renewedEv:
+				renewing = false
+				if ev.err != nil {
+					w.report(fmt.Errorf("inbox: renew leases: %w", ev.err))
+					if time.Since(lastRenewed) >= w.cfg.lease*2/3 {
+						w.cancelLost(h.loseAll(), "renewals failed for too long")
+					}
+					continue
+				}
+				lastRenewed = now
+				if len(ev.lost) > 0 {
+					w.cancelLost(h.lose(ev.lost), "taken over")
+					w.report(fmt.Errorf("%w: %d rows were taken over by another worker or removed", ErrLeaseLost, len(ev.lost)))
+				}
+			}
+		case <-ticker.C:
+			if renewing {
+				continue // the last renewal is still running
+			}
+			jobs := h.renewals(now)
+			if len(jobs) == 0 {
+				lastRenewed = now
+				continue
+			}
+			items := make([]renewItem, len(jobs))
+			for i, j := range jobs {
+				items[i] = renewItem{j.rowID, j.attempt}
+			}
+			w.renewals <- items // never blocks: the renewer is idle
+			renewing = true
+		case <-w.hardStop:
+			return
+		}
+	}
+}
+
+// cancelLost cancels the handlers of rows whose leases were lost.
+func (w *worker) cancelLost(jobs []*job, why string) {
+	for _, j := range jobs {
+		j.cancel(ErrLeaseLost)
+		w.log.Warn("inbox: lease lost; cancelling the handler", "event_id", j.id, "handler_key", j.key,
+			"attempt", j.attempt, "reason", why)
+	}
+}
+
+// signal wakes whoever waits on ch, without blocking.
 func signal(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
@@ -233,331 +375,27 @@ func sleep(d time.Duration, done <-chan struct{}) bool {
 	}
 }
 
-// claimLoop claims rows while there is room, polling when idle.
-func (w *worker) claimLoop() {
-	defer w.claimer.Done()
-	minClaim := max(1, w.cfg.batchSize/2)
-	failures := 0
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		free := w.capacity - int(w.inflight.Load())
-		if free < minClaim {
-			select {
-			case <-w.slotFreed:
-				continue
-			case <-w.claimCtx.Done():
-				return
-			}
+// retry runs fn until it succeeds, ctx ends, or a lease has passed since
+// the first failure: by then the rows are no longer the worker's to write.
+func (w *worker) retry(ctx context.Context, what string, fn func() error) error {
+	start := time.Now()
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil {
+			return nil
 		}
-		n := min(w.cfg.batchSize, free)
-		got, err := w.claim(n)
-		if err != nil {
-			if w.claimCtx.Err() != nil {
-				return
-			}
-			failures++
-			w.report(fmt.Errorf("inbox: claim: %w", err))
-			if !sleep(retryDelay(failures, 100*time.Millisecond, 5*time.Second, rand.Float64()), w.claimCtx.Done()) {
-				return
-			}
-			continue
+		err = fmt.Errorf("inbox: %s: %w", what, err)
+		if ctx.Err() != nil {
+			return err
 		}
-		failures = 0
-		if got == n {
-			continue // more may be due: claim again at once
+		w.report(err)
+		if time.Since(start) > w.cfg.lease {
+			return err
 		}
-		if !w.idle(timer) {
-			return
+		if !sleep(retryDelay(attempt, 50*time.Millisecond, w.cfg.lease/4, rand.Float64()), ctx.Done()) {
+			return err
 		}
 	}
 }
 
-// idle waits for a notification, the poll delay, or the earliest retry
-// this worker scheduled, whichever comes first. It returns false on stop.
-func (w *worker) idle(timer *time.Timer) bool {
-	poll := pollDelay(w.cfg.iterationRate, w.cfg.iterationSeed, rand.Float64())
-	for {
-		d := poll
-		if next := w.nextDue.Load(); next != 0 {
-			d = max(0, min(d, time.Until(time.Unix(0, next))))
-		}
-		timer.Reset(d)
-		select {
-		case <-w.wake:
-		case <-timer.C:
-			w.nextDue.Store(0) // the claim that follows takes what is due
-			return true
-		case <-w.resched:
-			timer.Stop()
-			continue
-		case <-w.claimCtx.Done():
-			return false
-		}
-		timer.Stop()
-		return true
-	}
-}
-
-// scheduleRetry makes the claimer wake by at.
-func (w *worker) scheduleRetry(at time.Time) {
-	for {
-		cur := w.nextDue.Load()
-		if cur != 0 && cur <= at.UnixNano() {
-			return
-		}
-		if w.nextDue.CompareAndSwap(cur, at.UnixNano()) {
-			signal(w.resched)
-			return
-		}
-	}
-}
-
-// claim claims up to n rows and queues them for the runners. It returns
-// how many rows the statement returned.
-func (w *worker) claim(n int) (int, error) {
-	type claimed struct {
-		j                 *job
-		status, lastError string
-		rescued           bool
-	}
-	var list []claimed
-	err := w.queryNoFlush(w.claimCtx, func(rows pgx.Rows) (err error) {
-		list, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (claimed, error) {
-			c := claimed{j: &job{}}
-			err := row.Scan((*[16]byte)(&c.j.id), &c.j.eventType, &c.j.key, &c.j.payload, &c.j.attempts,
-				&c.status, &c.rescued, &c.lastError)
-			return c, err
-		})
-		return err
-	}, claimSQL, w.routes.pairTypes, w.routes.pairKeys, n, w.cfg.maxAttempts, [16]byte(w.id),
-		w.cfg.lease.Milliseconds(), "lease expired before a result was written (worker stopped or lost the database)")
-	if err != nil {
-		return 0, err
-	}
-	w.mu.Lock()
-	runnable := 0
-	for _, c := range list {
-		if Status(c.status) == Progress {
-			c.j.handler = w.routes.handlers[[2]string{c.j.eventType, c.j.key}]
-			c.j.timeout = w.cfg.handlerTimeout
-			if t, ok := c.j.handler.(timeouter); ok {
-				c.j.timeout = t.Timeout()
-			}
-			w.held[c.j.rowKey] = c.j
-			runnable++
-		}
-	}
-	w.mu.Unlock()
-	w.inflight.Add(int64(runnable))
-	for _, c := range list {
-		if c.rescued {
-			w.log.Warn("inbox: claimed a row whose lease had expired", "event_id", c.j.id,
-				"handler_key", c.j.key, "attempt", c.j.attempts, "status", c.status)
-		}
-		if Status(c.status) == Dead {
-			w.sendDead(DeadRecord{EventID: c.j.id, EventType: c.j.eventType, HandlerKey: c.j.key,
-				Attempts: c.j.attempts, Err: fmt.Errorf("%w: %s", ErrLeaseExpired, c.lastError)})
-			continue
-		}
-		w.jobs <- c.j // never blocks: at most capacity rows are in flight
-	}
-	return len(list), nil
-}
-
-// queryNoFlush runs a statement whose commit does not wait for the WAL to
-// reach disk (synchronous_commit off for its transaction only), passing its
-// rows to scan. Only claims and lease renewals use it: if a database crash
-// loses one, rows merely go back to their previous state and are claimed
-// again, which the guarded result writes already allow for.
-func (w *worker) queryNoFlush(ctx context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
-	b := &pgx.Batch{}
-	b.Queue(`SET LOCAL synchronous_commit = off`)
-	b.Queue(sql, args...).Query(scan)
-	return w.ib.pool.SendBatch(ctx, b).Close()
-}
-
-// runLoop runs handlers until stop.
-func (w *worker) runLoop() {
-	defer w.runners.Done()
-	for {
-		select {
-		case <-w.stopRun:
-			w.releaseQueued()
-			return
-		case j := <-w.jobs:
-			if w.claimCtx.Err() != nil { // stopping: hand it back
-				w.finish(result{job: j, released: true})
-				continue
-			}
-			if !w.execute(j) {
-				return // abandoned: another runner has taken this one's place
-			}
-		}
-	}
-}
-
-// releaseQueued hands back the jobs still queued when stop began. Stop and
-// the runners may call it at once: each job is taken by one of them.
-func (w *worker) releaseQueued() {
-	for {
-		select {
-		case j := <-w.jobs:
-			w.finish(result{job: j, released: true})
-		default:
-			return
-		}
-	}
-}
-
-// finish frees the job's slot and passes its result to the completer.
-func (w *worker) finish(r result) {
-	w.mu.Lock()
-	r.job.finished = true
-	w.mu.Unlock()
-	w.inflight.Add(-1)
-	signal(w.slotFreed)
-	select {
-	case w.results <- r:
-	case <-w.writeCtx.Done(): // hard stop: the row is left to its lease
-	}
-}
-
-// grace is how long a runner waits for a handler whose context has ended
-// before it records the attempt as failed and frees the slot.
-func (w *worker) grace() time.Duration {
-	return min(w.cfg.lease/3, time.Second)
-}
-
-// execute runs one handler in the calling runner, with its timeout,
-// recovering panics. A handler that has not returned a grace period after
-// its context ended is abandoned: its attempt is recorded as failed, a new
-// runner takes this one's place, and execute reports false when the handler
-// finally returns, so that this runner exits.
-func (w *worker) execute(j *job) bool {
-	ctx, cancel := context.WithCancelCause(w.handlerCtx)
-	tctx, cancelTimeout := context.WithTimeoutCause(ctx, j.timeout, ErrHandlerTimeout)
-	defer cancelTimeout()
-	defer cancel(nil)
-	w.mu.Lock()
-	lost := j.lost
-	j.started, j.cancel = true, cancel
-	// Time.Add saturates; j.timeout + w.grace() overflows for the longest timeouts.
-	j.renewUntil = time.Now().Add(j.timeout).Add(w.grace())
-	w.mu.Unlock()
-	if lost {
-		w.finish(result{job: j, lost: true})
-		return true
-	}
-
-	var state atomic.Int32 // running, then returned or abandoned
-	const running, returned, abandoned = 0, 1, 2
-	stopWatch := context.AfterFunc(tctx, func() {
-		time.AfterFunc(w.grace(), func() {
-			if !state.CompareAndSwap(running, abandoned) {
-				return
-			}
-			w.log.Warn("inbox: handler ignores its context; abandoning it", "event_id", j.id, "handler_key", j.key)
-			w.runners.Add(1)
-			go w.runLoop()
-			w.finish(result{job: j, err: w.failure(tctx, j, fmt.Errorf("handler did not return within %v of its context ending", w.grace()))})
-		})
-	})
-	written, err := w.call(tctx, j)
-	stopWatch()
-	if !state.CompareAndSwap(running, returned) {
-		return false
-	}
-	r := result{job: j, written: written}
-	switch {
-	case err == nil:
-	case errors.Is(err, ErrLeaseLost):
-		r.lost = true
-	default:
-		r.err = w.failure(tctx, j, err)
-	}
-	w.finish(r)
-	return true
-}
-
-// failure is the error recorded for a failed attempt: when the handler's
-// context ended, it says why.
-func (w *worker) failure(ctx context.Context, j *job, err error) error {
-	if ctx.Err() == nil {
-		return err
-	}
-	cause := context.Cause(ctx)
-	switch {
-	case errors.Is(cause, ErrHandlerTimeout):
-		return fmt.Errorf("%w after %v: %w", ErrHandlerTimeout, j.timeout, err)
-	case errors.Is(err, cause):
-		return err
-	default:
-		return fmt.Errorf("%w: %w", cause, err)
-	}
-}
-
-// call runs the handler, turning a panic into a PanicError.
-func (w *worker) call(ctx context.Context, j *job) (written bool, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			written, err = false, &PanicError{Value: p, Stack: debug.Stack()}
-		}
-	}()
-	if th, ok := j.handler.(TxHandler); ok {
-		return w.callTx(ctx, th, j)
-	}
-	return false, j.handler.Process(ctx, j.payload)
-}
-
-// callTx runs a TxHandler in a transaction that also marks its row done.
-func (w *worker) callTx(ctx context.Context, th TxHandler, j *job) (bool, error) {
-	tx, err := w.ib.pool.Begin(ctx)
-	if err != nil {
-		return false, fmt.Errorf("begin transaction: %w", err)
-	}
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = tx.Rollback(rctx) // no-op after a commit
-	}()
-	if err := th.ProcessTx(ctx, tx, j.payload); err != nil {
-		return false, err
-	}
-	tag, err := tx.Exec(ctx, completeTxSQL, [16]byte(j.id), j.key, [16]byte(w.id), j.attempts)
-	if err != nil {
-		return false, fmt.Errorf("mark done: %w", err)
-	}
-	if tag.RowsAffected() != 1 {
-		return false, fmt.Errorf("%w: row was taken over before the transaction committed; its writes were rolled back", ErrLeaseLost)
-	}
-	w.mu.Lock()
-	j.committing = true
-	w.mu.Unlock()
-	// The row is locked by tx and cannot be taken over: finish the commit
-	// even if the handler's context ends meanwhile, so that a commit that
-	// happened is not reported as failed.
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if err := tx.Commit(cctx); err != nil {
-		w.mu.Lock()
-		j.committing = false
-		w.mu.Unlock()
-		return false, fmt.Errorf("commit: %w", err)
-	}
-	return true, nil
-}
-
-func (w *worker) sendDead(rec DeadRecord) {
-	w.log.Warn("inbox: row is dead", "event_id", rec.EventID, "event_type", rec.EventType,
-		"handler_key", rec.HandlerKey, "attempts", rec.Attempts, "error", rec.Err)
-	w.dead <- rec
-}
-
-// deadLoop calls the dead callback, one record at a time.
-func (w *worker) deadLoop() {
-	defer w.callbacks.Done()
-	for rec := range w.dead {
-		w.cfg.onDead(w.callbackCtx, rec)
-	}
-}
+var errStopped = errors.New("inbox: worker stopped")

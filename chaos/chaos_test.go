@@ -164,7 +164,7 @@ func TestChaos(t *testing.T) {
 	var writerProcs []*proc
 	for w := range writers {
 		p, err := ps.start(childConfig{Role: roleWriter, Name: fmt.Sprintf("writer%d", w), URL: cluster.URL,
-			Writer: w, Writers: writers, Seed: seed, Events: size.events, BatchSize: writeBatch,
+			Writer: w, Writers: writers, Seed: seed, Events: size.events, BatchSize: writeBatch, MaxAttempts: maxAttempts,
 			Duration:    size.writeFor,
 			AckedPath:   filepath.Join(dir, fmt.Sprintf("writer%d.acked", w)),
 			SummaryPath: filepath.Join(dir, fmt.Sprintf("writer%d.json", w))})

@@ -258,7 +258,8 @@ func runWriter(cfg childConfig, log *slog.Logger) error {
 		return err
 	}
 	defer pool.Close()
-	ib, err := inbox.New(pool, registry(pool), inbox.WithLogger(log))
+	// The attempt limit is stored with each row, so the writers set it.
+	ib, err := inbox.New(pool, registry(pool), inbox.WithLogger(log), inbox.WithMaxRetryAttempt(cfg.MaxAttempts))
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,78 @@
+package inbox
+
+import (
+	"fmt"
+	"time"
+)
+
+// HandlerOption gives one handler a setting of its own at registration, with
+// [Registry.Handle]. A handler without it uses the Inbox's setting.
+type HandlerOption func(*handlerConfig) error
+
+// handlerConfig is a handler's own settings; zero values defer to the
+// Inbox's.
+type handlerConfig struct {
+	timeout                 time.Duration
+	maxAttempts             int
+	backoffBase, backoffMax time.Duration
+	concurrency             int
+}
+
+func handlerInvalid(option string, value any, rule string) error {
+	return fmt.Errorf("%s(%v): %s", option, value, rule)
+}
+
+// HandlerTimeout sets how long one attempt of this handler may run,
+// overriding [WithHandlerTimeout] and the handler's Timeout method.
+func HandlerTimeout(d time.Duration) HandlerOption {
+	return func(c *handlerConfig) error {
+		if d <= 0 {
+			return handlerInvalid("HandlerTimeout", d, "must be positive")
+		}
+		c.timeout = d
+		return nil
+	}
+}
+
+// HandlerMaxAttempts sets how many attempts this handler's rows get before
+// they are dead, overriding [WithMaxRetryAttempt]. The limit is stored with
+// each row when it is stored, so every worker applies the same one. A value
+// above [MaxAttempts] counts as MaxAttempts.
+func HandlerMaxAttempts(n int) HandlerOption {
+	return func(c *handlerConfig) error {
+		if n < 1 {
+			return handlerInvalid("HandlerMaxAttempts", n, "must be at least 1")
+		}
+		c.maxAttempts = min(n, MaxAttempts)
+		return nil
+	}
+}
+
+// HandlerBackoff sets the pause before this handler's next attempt after a
+// failure, overriding [WithRetryBackoff]; the formula is the same.
+func HandlerBackoff(base, max time.Duration) HandlerOption {
+	return func(c *handlerConfig) error {
+		if base <= 0 {
+			return handlerInvalid("HandlerBackoff", base, "base must be positive")
+		}
+		if max < base {
+			return handlerInvalid("HandlerBackoff", max, "max must not be below base")
+		}
+		c.backoffBase, c.backoffMax = base, max
+		return nil
+	}
+}
+
+// HandlerConcurrency limits how many attempts of this handler one Inbox runs
+// at once, within [WithConcurrency]: for a downstream that allows only a few
+// calls at a time. The Inbox then claims at most twice the limit of this
+// handler's rows ahead, so its backlog does not hold up other handlers.
+func HandlerConcurrency(n int) HandlerOption {
+	return func(c *handlerConfig) error {
+		if n < 1 || n > 100000 {
+			return handlerInvalid("HandlerConcurrency", n, "must be between 1 and 100000")
+		}
+		c.concurrency = n
+		return nil
+	}
+}

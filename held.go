@@ -1,0 +1,308 @@
+package inbox
+
+import (
+	"context"
+	"time"
+)
+
+// jobState is where a held row is between its claim and its result's write.
+//
+//	claim ──▶ queued ──▶ running ──▶ returned ──▶ writing ──▶ (gone)
+//	             │          │           │
+//	             │          └─▶ lost ───┴──────────────────▶ (gone)
+//	             └─ Stop: handed back (returned, unstarted) ─▶ writing
+//
+// A lease lost while queued drops the row at once; while running it
+// cancels the handler and the row goes when the handler returns; while
+// returned it drops the unwritten result. A row being written is left to
+// its write: the write's guard decides.
+type jobState uint8
+
+const (
+	// queued: claimed, waiting for a runner and a free slot of its
+	// handler's concurrency.
+	queued jobState = iota + 1
+	// running: a runner is running its handler.
+	running
+	// returned: the handler returned (or the row was handed back
+	// unstarted); its result waits to be written.
+	returned
+	// writing: the result is with the writer.
+	writing
+	// lost: the lease was lost while the handler ran; its context is
+	// cancelled and its result will not be written.
+	lost
+)
+
+// resultKind is what a finished attempt asks to write.
+type resultKind uint8
+
+const (
+	// resDone: the handler succeeded; mark the row done.
+	resDone resultKind = iota + 1
+	// resCommitted: a TxHandler's transaction marked the row done itself.
+	resCommitted
+	// resFailed: retry after the backoff, or dead at the row's limit.
+	resFailed
+	// resDiscard: dead now (Discard).
+	resDiscard
+	// resRetryAfter: due again after a pause, the attempt not counted.
+	resRetryAfter
+	// resReleased: never started; hand the row back, the attempt not
+	// counted.
+	resReleased
+)
+
+// result is the outcome of one attempt.
+type result struct {
+	kind resultKind
+	// err is the failure, bounded by compact: the handler's own error
+	// only when its text was short enough.
+	err error
+	// text is err's bounded text, as stored.
+	text  string
+	after time.Duration // resRetryAfter
+}
+
+// job is a held row. The owner goroutine alone reads and writes its
+// mutable fields; runners read the immutable ones and ctx.
+type job struct {
+	rowID
+	route       *route
+	payload     []byte
+	attempt     int // the attempt the claim counted
+	maxAttempts int
+	storedAt    time.Time
+
+	state    jobState
+	deadline time.Time // running: leases are renewed until then
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	res      result
+}
+
+// held is the set of rows a worker holds, and the rules that move them
+// between states. It does no I/O: the owner goroutine calls it and acts on
+// what it returns.
+type held struct {
+	jobs        map[rowID]*job
+	queues      [][]*job // queued jobs per route, oldest first
+	running     []int    // running jobs per route
+	queuedOrRun []int    // queued and running jobs per route
+	runningAll  int
+	toWrite     []*job // returned jobs, in order of return
+	next        int    // route to look at first when starting a job
+	concurrency int
+	capacity    int
+	grace       time.Duration
+	routes      []*route
+}
+
+func newHeld(routes []*route, concurrency, capacity int, grace time.Duration) *held {
+	return &held{
+		jobs:        make(map[rowID]*job, capacity),
+		queues:      make([][]*job, len(routes)),
+		running:     make([]int, len(routes)),
+		queuedOrRun: make([]int, len(routes)),
+		concurrency: concurrency,
+		capacity:    capacity,
+		grace:       grace,
+		routes:      routes,
+	}
+}
+
+// claimPlan is what the claimer may claim next.
+type claimPlan struct {
+	n           int
+	types, keys []string
+	caps        []int32
+}
+
+// plan returns the next claim's size and the routes it may take rows of,
+// each with a cap, or false when there is no room: fewer than minClaim
+// free slots, or every route at its limit. A route with a concurrency
+// limit holds at most twice its limit of queued and running rows.
+func (h *held) plan(batch, minClaim int) (claimPlan, bool) {
+	free := h.capacity - len(h.jobs)
+	if free < minClaim {
+		return claimPlan{}, false
+	}
+	p := claimPlan{n: min(batch, free)}
+	for i, r := range h.routes {
+		c := p.n
+		if r.concurrency > 0 {
+			c = min(c, 2*r.concurrency-h.queuedOrRun[i])
+		}
+		if c <= 0 {
+			continue
+		}
+		p.types, p.keys, p.caps = append(p.types, r.eventType), append(p.keys, r.key), append(p.caps, int32(c))
+	}
+	return p, len(p.types) > 0
+}
+
+// add holds claimed rows as queued.
+func (h *held) add(jobs []*job) {
+	for _, j := range jobs {
+		j.state = queued
+		h.jobs[j.rowID] = j
+		h.queues[j.route.index] = append(h.queues[j.route.index], j)
+		h.queuedOrRun[j.route.index]++
+	}
+}
+
+// start returns a queued job that may run now, marked running until
+// deadline (now plus its timeout and the grace period), or nil. Routes
+// take turns, so that one handler's backlog does not hold up another's.
+func (h *held) start(now time.Time) *job {
+	if h.runningAll >= h.concurrency {
+		return nil
+	}
+	for range h.queues {
+		i := h.next
+		h.next = (h.next + 1) % len(h.queues)
+		q := h.queues[i]
+		if len(q) == 0 {
+			continue
+		}
+		if lim := h.routes[i].concurrency; lim > 0 && h.running[i] >= lim {
+			continue
+		}
+		j := q[0]
+		q[0] = nil
+		h.queues[i] = q[1:]
+		j.state = running
+		// Time.Add saturates, so the longest timeouts cannot overflow.
+		j.deadline = now.Add(j.route.timeout).Add(h.grace)
+		h.running[i]++
+		h.runningAll++
+		return j
+	}
+	return nil
+}
+
+// finish records the result of a running (or lost) job. It reports
+// whether the result is to be written.
+func (h *held) finish(j *job, res result) bool {
+	switch j.state {
+	case running:
+		h.stopRunning(j)
+		j.state, j.res = returned, res
+		h.toWrite = append(h.toWrite, j)
+		return true
+	case lost:
+		h.stopRunning(j)
+		h.drop(j)
+	}
+	return false
+}
+
+func (h *held) stopRunning(j *job) {
+	h.running[j.route.index]--
+	h.runningAll--
+	h.queuedOrRun[j.route.index]--
+}
+
+// takeWrites returns the results waiting to be written, now writing.
+func (h *held) takeWrites() []*job {
+	out := make([]*job, 0, len(h.toWrite))
+	for _, j := range h.toWrite {
+		if j.state == returned {
+			j.state = writing
+			out = append(out, j)
+		}
+	}
+	clear(h.toWrite)
+	h.toWrite = h.toWrite[:0]
+	return out
+}
+
+// written forgets jobs whose write finished, successful or not.
+func (h *held) written(jobs []*job) {
+	for _, j := range jobs {
+		if j.state == writing {
+			h.drop(j)
+		}
+	}
+}
+
+// drop forgets a job.
+func (h *held) drop(j *job) {
+	delete(h.jobs, j.rowID)
+	j.state = 0
+}
+
+// renewals returns the jobs whose leases are to be renewed: all but those
+// lost, and those running past their deadline.
+func (h *held) renewals(now time.Time) []*job {
+	out := make([]*job, 0, len(h.jobs))
+	for _, j := range h.jobs {
+		switch j.state {
+		case queued, returned, writing:
+			out = append(out, j)
+		case running:
+			if now.Before(j.deadline) {
+				out = append(out, j)
+			}
+		}
+	}
+	return out
+}
+
+// lose records that the worker no longer holds these rows, and returns the
+// running jobs, whose handlers are to be cancelled.
+func (h *held) lose(ids []rowID) []*job {
+	var cancel []*job
+	for _, id := range ids {
+		j, ok := h.jobs[id]
+		if !ok {
+			continue
+		}
+		switch j.state {
+		case queued:
+			h.unqueue(j)
+			h.queuedOrRun[j.route.index]--
+			h.drop(j)
+		case running:
+			j.state = lost
+			cancel = append(cancel, j)
+		case returned:
+			h.drop(j) // takeWrites skips it
+		}
+	}
+	return cancel
+}
+
+// loseAll is lose for every held row not being written.
+func (h *held) loseAll() []*job {
+	ids := make([]rowID, 0, len(h.jobs))
+	for id := range h.jobs {
+		ids = append(ids, id)
+	}
+	return h.lose(ids)
+}
+
+func (h *held) unqueue(j *job) {
+	q := h.queues[j.route.index]
+	for i, x := range q {
+		if x == j {
+			h.queues[j.route.index] = append(q[:i:i], q[i+1:]...)
+			return
+		}
+	}
+}
+
+// release hands every queued job back: its result is "never started".
+func (h *held) release() {
+	for i, q := range h.queues {
+		for _, j := range q {
+			j.state, j.res = returned, result{kind: resReleased}
+			h.toWrite = append(h.toWrite, j)
+			h.queuedOrRun[i]--
+		}
+		h.queues[i] = nil
+	}
+}
+
+// idle reports that no row is held.
+func (h *held) idle() bool { return len(h.jobs) == 0 }

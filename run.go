@@ -1,0 +1,237 @@
+package inbox
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// runLoop runs the jobs the owner hands it until the owner closes jobs.
+func (w *worker) runLoop() {
+	defer w.runners.Done()
+	w.markGuest()
+	defer w.unmarkGuest()
+	for j := range w.jobs {
+		if !w.execute(j) {
+			return // abandoned: another runner has taken this one's place
+		}
+	}
+}
+
+// execute runs one job with its timeout and reports the result to the
+// owner. A handler that has not returned a grace period after its context
+// ended is abandoned: its attempt is reported as failed, the owner starts
+// a new runner, and execute reports false once the handler returns, so
+// that this runner exits.
+func (w *worker) execute(j *job) bool {
+	tctx, cancel := context.WithTimeoutCause(j.ctx, j.route.timeout, ErrHandlerTimeout)
+	defer cancel()
+	defer j.cancel(nil)
+
+	var state atomic.Int32 // running, then returned or abandoned
+	const running, returned, abandoned = 0, 1, 2
+	stopWatch := context.AfterFunc(tctx, func() {
+		time.AfterFunc(w.grace(), func() {
+			if !state.CompareAndSwap(running, abandoned) {
+				return
+			}
+			w.log.Warn("inbox: handler ignores its context; abandoning it", "event_id", j.id, "handler_key", j.key)
+			err := fmt.Errorf("handler did not return within %v of its context ending", w.grace())
+			w.send(resultEv{job: j, res: w.failed(tctx, j, err), abandoned: true})
+		})
+	})
+	res := w.run(tctx, j)
+	stopWatch()
+	if !state.CompareAndSwap(running, returned) {
+		return false
+	}
+	w.send(resultEv{job: j, res: res})
+	return true
+}
+
+// run runs the middleware chain and the handler, and turns what they
+// returned into the attempt's result.
+func (w *worker) run(ctx context.Context, j *job) result {
+	a := Attempt{EventID: j.id, EventType: j.route.eventType, HandlerKey: j.key, Number: j.attempt,
+		MaxAttempts: j.maxAttempts, Payload: j.payload, StoredAt: j.storedAt, Transactional: j.route.tx != nil}
+	ctx = context.WithValue(ctx, attemptKey{}, &attemptValue{a: a, owner: w})
+
+	var called, committed bool
+	var innerErr error
+	next := func(ctx context.Context) error {
+		if called {
+			return errors.New("inbox: middleware called next more than once")
+		}
+		called = true
+		if j.route.tx != nil {
+			committed, innerErr = w.runTx(ctx, j)
+		} else {
+			innerErr = guest(func() error { return j.route.handler.Process(ctx, j.payload) })
+		}
+		return innerErr
+	}
+	err := w.chain(ctx, a, next)
+	switch {
+	case committed:
+		if err != nil {
+			w.log.Warn("inbox: middleware returned an error after the TxHandler's transaction committed; the row is done",
+				"event_id", j.id, "handler_key", j.key, "error", bound(err))
+		}
+		return result{kind: resCommitted}
+	case err == nil && j.route.tx != nil && called && innerErr != nil:
+		err = innerErr // a TxHandler whose writes rolled back cannot be done
+	case err == nil:
+		return result{kind: resDone}
+	}
+	return w.failed(ctx, j, err)
+}
+
+// chain runs the middleware around next, the first outermost.
+func (w *worker) chain(ctx context.Context, a Attempt, next func(context.Context) error) error {
+	for i := len(w.cfg.middleware) - 1; i >= 0; i-- {
+		mw, inner := w.cfg.middleware[i], next
+		next = func(ctx context.Context) error {
+			return guest(func() error { return mw(ctx, a, inner) })
+		}
+	}
+	return next(ctx)
+}
+
+// failed is the result of a failed attempt: the outcome the error asks
+// for, with the reason the context ended when it did.
+func (w *worker) failed(ctx context.Context, j *job, err error) result {
+	if o, ok := outcomeOf(err); ok {
+		kind := resDiscard
+		if !o.discard {
+			kind = resRetryAfter
+		}
+		e, text := compact(err)
+		return result{kind: kind, err: e, text: text, after: o.after}
+	}
+	if ctx.Err() != nil {
+		switch cause := context.Cause(ctx); {
+		case errors.Is(cause, ErrHandlerTimeout):
+			err = fmt.Errorf("%w after %v: %w", ErrHandlerTimeout, j.route.timeout, err)
+		case errors.Is(err, cause):
+		default:
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
+	}
+	e, text := compact(err)
+	return result{kind: resFailed, err: e, text: text}
+}
+
+// guest calls user code, turning a panic into a *PanicError.
+//
+//go:noinline
+func guest(fn func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = &PanicError{Value: p, Stack: debug.Stack()}
+		}
+	}()
+	return fn()
+}
+
+// runTx runs a TxHandler in a transaction that also marks its row done,
+// and reports whether that transaction committed.
+func (w *worker) runTx(ctx context.Context, j *job) (bool, error) {
+	tx, err := w.db.pool.Begin(ctx)
+	if err != nil {
+		return false, fmt.Errorf("begin transaction: %w", err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = tx.Rollback(rctx) // no-op after a commit
+	}()
+	htx := &handlerTx{Tx: tx}
+	err = guest(func() error { return j.route.tx.ProcessTx(ctx, htx, j.payload) })
+	if htx.misused != "" {
+		return false, fmt.Errorf("%w: ProcessTx called %s; return nil to commit, an error to roll back", ErrTxControl, htx.misused)
+	}
+	if err != nil {
+		return false, err
+	}
+	switch tx.Conn().PgConn().TxStatus() {
+	case 'T':
+	case 'E':
+		return false, errors.New("inbox: a statement of the TxHandler failed, but ProcessTx returned nil; its writes were rolled back")
+	default:
+		return false, fmt.Errorf("%w: the transaction was ended by a statement of ProcessTx (COMMIT or ROLLBACK); return nil to commit, an error to roll back", ErrTxControl)
+	}
+	tag, err := tx.Exec(ctx, completeTxSQL, w.db.args([]any{pgUUID(j.id), j.key, pgUUID(w.id), j.attempt})...)
+	if err != nil {
+		return false, fmt.Errorf("mark done: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return false, fmt.Errorf("%w: row was taken over before the transaction committed; its writes were rolled back", ErrLeaseLost)
+	}
+	// The row is locked by tx and cannot be taken over: finish the commit
+	// even if the handler's context ends meanwhile, so that a commit that
+	// happened is not reported as failed.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := tx.Commit(cctx); err != nil {
+		return false, fmt.Errorf("commit: %w", err)
+	}
+	return true, nil
+}
+
+// handlerTx is the transaction a TxHandler gets: Commit and Rollback are
+// refused, and recorded, so that the attempt fails with a message that
+// says what went wrong.
+type handlerTx struct {
+	pgx.Tx
+	misused string
+}
+
+// Commit does not commit: the inbox commits the transaction.
+func (t *handlerTx) Commit(context.Context) error {
+	t.misused = "Commit"
+	return fmt.Errorf("%w: the inbox commits it when ProcessTx returns nil", ErrTxControl)
+}
+
+// Rollback does not roll back: the inbox rolls the transaction back when
+// ProcessTx returns an error.
+func (t *handlerTx) Rollback(context.Context) error {
+	t.misused = "Rollback"
+	return fmt.Errorf("%w: return an error from ProcessTx to roll back", ErrTxControl)
+}
+
+// markGuest records that the calling goroutine runs user code of this
+// worker, so that Stop called from it can be refused.
+func (w *worker) markGuest()   { w.guests.Store(goid(), struct{}{}) }
+func (w *worker) unmarkGuest() { w.guests.Delete(goid()) }
+
+// inGuest reports whether the calling goroutine runs this worker's user
+// code, or ctx belongs to one of its handler runs.
+func (w *worker) inGuest(ctx context.Context) bool {
+	if v, ok := ctx.Value(attemptKey{}).(*attemptValue); ok && v.owner == w {
+		return true
+	}
+	_, ok := w.guests.Load(goid())
+	return ok
+}
+
+// goid returns the calling goroutine's id, from the first line of its
+// stack trace ("goroutine 123 [running]:"). It is called once per
+// long-lived goroutine and by Stop, never per row.
+func goid() uint64 {
+	var buf [64]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b = bytes.TrimPrefix(b, []byte("goroutine "))
+	if i := bytes.IndexByte(b, ' '); i > 0 {
+		b = b[:i]
+	}
+	id, _ := strconv.ParseUint(string(b), 10, 64)
+	return id
+}
