@@ -249,15 +249,18 @@ func (h *held) renewals(now time.Time) []*job {
 	return out
 }
 
-// lose records that the worker no longer holds these rows, and returns the
-// running jobs, whose handlers are to be cancelled.
-func (h *held) lose(ids []rowID) []*job {
-	var cancel []*job
-	for _, id := range ids {
-		j, ok := h.jobs[id]
-		if !ok {
+// lose records that the worker no longer holds these rows at these
+// attempts, and returns the running jobs, whose handlers are to be
+// cancelled, and how many rows were lost. A row held at another attempt
+// (claimed again since the renewal that reported it) is kept, and so is a
+// row whose result is being written: the write's guard decides.
+func (h *held) lose(items []renewItem) (cancel []*job, n int) {
+	for _, it := range items {
+		j, ok := h.jobs[it.rowID]
+		if !ok || j.attempt != it.attempt || j.state == writing || j.state == lost {
 			continue
 		}
+		n++
 		switch j.state {
 		case queued:
 			h.unqueue(j)
@@ -270,16 +273,16 @@ func (h *held) lose(ids []rowID) []*job {
 			h.drop(j) // takeWrites skips it
 		}
 	}
-	return cancel
+	return cancel, n
 }
 
 // loseAll is lose for every held row not being written.
-func (h *held) loseAll() []*job {
-	ids := make([]rowID, 0, len(h.jobs))
-	for id := range h.jobs {
-		ids = append(ids, id)
+func (h *held) loseAll() ([]*job, int) {
+	items := make([]renewItem, 0, len(h.jobs))
+	for id, j := range h.jobs {
+		items = append(items, renewItem{id, j.attempt})
 	}
-	return h.lose(ids)
+	return h.lose(items)
 }
 
 func (h *held) unqueue(j *job) {

@@ -198,9 +198,10 @@ WHERE event_id = $1 AND handler_key = $2
 // milliseconds. It never waits for a lock: a row another statement has
 // locked (its result being written, a TxHandler committing) is skipped this
 // time. It returns the rows that are no longer the worker's: gone, or held
-// by another worker or for another attempt. A row that is no longer in
-// progress but still at the worker's attempt (or one before it: handed
-// back) was finished by this worker, and is not returned.
+// by another worker or for another attempt, with the attempt asked about. A
+// row that is no longer in progress but still at the worker's attempt (or
+// one before it: handed back) was finished by this worker, and is not
+// returned.
 const renewSQL = `
 WITH v AS MATERIALIZED (
     SELECT u.event_id, u.handler_key, u.attempts, t.ctid AS row_ctid,
@@ -224,7 +225,7 @@ WITH v AS MATERIALIZED (
     SET due_at = now() + $5::bigint * interval '1 millisecond'
     WHERE ctid = ANY (ARRAY(SELECT ctid FROM mine))
 )
-SELECT event_id, handler_key
+SELECT event_id, handler_key, attempts
 FROM v
 WHERE row_ctid IS NULL
    OR (status = 'progress' AND (locked_by <> $4::uuid OR now_attempts <> attempts))

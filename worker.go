@@ -94,7 +94,7 @@ type (
 	writtenEv struct{ jobs []*job }
 	// renewedEv: the renewer finished; lost are rows no longer held.
 	renewedEv struct {
-		lost []rowID
+		lost []renewItem
 		err  error
 	}
 )
@@ -315,14 +315,18 @@ func (w *worker) own() {
 				if ev.err != nil {
 					w.report(fmt.Errorf("inbox: renew leases: %w", ev.err))
 					if time.Since(lastRenewed) >= w.cfg.lease*2/3 {
-						w.cancelLost(h.loseAll(), "renewals failed for too long")
+						cancel, n := h.loseAll()
+						w.cancelLost(cancel, "renewals failed for too long")
+						if n > 0 {
+							w.report(fmt.Errorf("%w: leases of %d rows could not be renewed in time; they will be retried", ErrLeaseLost, n))
+						}
 					}
 					continue
 				}
 				lastRenewed = now
-				if len(ev.lost) > 0 {
-					w.cancelLost(h.lose(ev.lost), "taken over")
-					w.report(fmt.Errorf("%w: %d rows were taken over by another worker or removed", ErrLeaseLost, len(ev.lost)))
+				if cancel, n := h.lose(ev.lost); n > 0 {
+					w.cancelLost(cancel, "taken over")
+					w.report(fmt.Errorf("%w: %d rows were taken over by another worker or removed", ErrLeaseLost, n))
 				}
 			}
 		case <-ticker.C:

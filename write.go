@@ -187,19 +187,22 @@ func (w *worker) renewLoop() {
 
 // renew extends the leases of items and returns those the worker no longer
 // holds.
-func (w *worker) renew(items []renewItem) ([]rowID, error) {
+func (w *worker) renew(items []renewItem) ([]renewItem, error) {
 	ids := make([]pgtype.UUID, len(items))
 	keys := make([]string, len(items))
 	attempts := make([]int32, len(items))
 	for i, it := range items {
 		ids[i], keys[i], attempts[i] = pgUUID(it.id), it.key, int32(it.attempt)
 	}
-	var lost []rowID
+	var lost []renewItem
 	err := w.db.noFlush(w.ioCtx, func(rows pgx.Rows) error {
-		gone, err := collectKeys(rows)
-		for k := range gone {
-			lost = append(lost, k)
-		}
+		var id pgtype.UUID
+		var it renewItem
+		_, err := pgx.ForEachRow(rows, []any{&id, &it.key, &it.attempt}, func() error {
+			it.id = id.Bytes
+			lost = append(lost, it)
+			return nil
+		})
 		return err
 	}, renewSQL, ids, keys, attempts, pgUUID(w.id), w.cfg.lease.Milliseconds())
 	return lost, err
