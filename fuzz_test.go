@@ -448,3 +448,42 @@ func FuzzOptions(f *testing.F) {
 		}
 	})
 }
+
+// FuzzBoundText: whatever a handler's error says, what is stored is valid
+// UTF-8 without NUL bytes, at most MaxErrorLength bytes, unchanged when it
+// was storable already, and otherwise keeps the text's start and end.
+func FuzzBoundText(f *testing.F) {
+	f.Add("plain error", 0)
+	f.Add("nul\x00byte", 0)
+	f.Add("bad \xff utf8", 0)
+	f.Add("é", MaxErrorLength)
+	f.Add("\xff", MaxErrorLength*2)
+	f.Add("ab\x00", 5000)
+	f.Fuzz(func(t *testing.T, s string, repeat int) {
+		if repeat < 0 || repeat > 4*MaxErrorLength {
+			return
+		}
+		if repeat > 0 {
+			s = strings.Repeat(s, repeat)
+		}
+		var got string
+		returns(t, "boundText", func() { got = boundText(s) })
+		switch {
+		case len(got) > MaxErrorLength:
+			t.Fatalf("%d bytes, want at most %d", len(got), MaxErrorLength)
+		case !utf8.ValidString(got):
+			t.Fatalf("not valid UTF-8: %q", got)
+		case strings.IndexByte(got, 0) >= 0:
+			t.Fatalf("contains a NUL byte: %q", got)
+		}
+		storable := len(s) <= MaxErrorLength && utf8.ValidString(s) && strings.IndexByte(s, 0) < 0
+		if storable && got != s {
+			t.Fatalf("a storable text was changed: %q -> %q", s, got)
+		}
+		if len(s) > MaxErrorLength && utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 {
+			if !strings.HasPrefix(s, got[:strings.Index(got, " … [")]) || !strings.HasSuffix(s, got[strings.LastIndex(got, "] … ")+len("] … "):]) {
+				t.Fatalf("a long text lost its start or end")
+			}
+		}
+	})
+}

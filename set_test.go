@@ -1,0 +1,192 @@
+package inbox_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pginbox/inbox"
+)
+
+// SetWithResult says what it did with each record: new, duplicate (in an
+// earlier call or the same one), conflicting (same id, other payload or
+// event type), or skipped; the conflicts are logged at warn level with the
+// event id; and under IgnoreConflicting the stored version stays.
+func TestSetResultAndConflicts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	reg := inbox.NewRegistry()
+	reg.On("order", inbox.HandlerFunc("a", badNoop), inbox.HandlerFunc("b", badNoop))
+	reg.On("refund", inbox.HandlerFunc("a", badNoop))
+	logs := &logLines{}
+	ib, err := inbox.New(pool, reg, inbox.WithUnknownEventTypes(inbox.SkipUnknown), inbox.WithLogger(logs.logger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ib.Client()
+	first, second, third := uuid.New(), uuid.New(), uuid.New()
+	res, err := c.SetWithResult(ctx,
+		record(t, first, "order", "v1"),
+		record(t, second, "order", "v1"),
+		record(t, first, "order", "v1"),  // a duplicate within the call
+		record(t, second, "order", "v2"), // a conflict within the call
+		record(t, uuid.New(), "unknown", ""),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := inbox.SetResult{Records: 5, New: 2, Duplicates: 1, Conflicting: 1, Skipped: 1, Rows: 4,
+		ConflictingIDs: []uuid.UUID{second}}
+	if !equalResult(res, want) {
+		t.Fatalf("first call: %+v, want %+v", res, want)
+	}
+	res, err = c.SetWithResult(ctx,
+		record(t, first, "order", "v1"),   // duplicate of a stored event
+		record(t, second, "order", "v9"),  // conflicts with the stored payload
+		record(t, first, "refund", "v1"),  // same id, another type: another handler row
+		record(t, third, "refund", "new"), // new
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// first/refund has key "a", which first/order stored already: a
+	// conflicting duplicate too (same id and key, other event type).
+	want = inbox.SetResult{Records: 4, New: 1, Duplicates: 1, Conflicting: 2, Rows: 1, ConflictingIDs: []uuid.UUID{second, first}}
+	if !equalResult(res, want) {
+		t.Fatalf("second call: %+v, want %+v", res, want)
+	}
+	var payload string
+	if err := pool.QueryRow(ctx, `SELECT convert_from(payload, 'UTF8') FROM inbox_records WHERE event_id = $1 AND handler_key = 'b'`, second).
+		Scan(&payload); err != nil || payload != "v1" {
+		t.Fatalf("stored payload %q, %v; want the first version kept", payload, err)
+	}
+	if n := logs.count("conflicting duplicate", second.String()); n != 2 {
+		t.Fatalf("%d warnings name %s, want one per call:\n%s", n, second, logs)
+	}
+}
+
+// With RejectConflicting a conflict fails the whole call, naming the ids,
+// and writes nothing: not even the call's new records. In SetTx the
+// caller's transaction stays usable.
+func TestRejectConflicting(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	reg := inbox.NewRegistry()
+	reg.On("order", inbox.HandlerFunc("a", badNoop))
+	ib, err := inbox.New(pool, reg, inbox.WithConflictingDuplicates(inbox.RejectConflicting), inbox.WithLogger(quiet(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ib.Client()
+	stored := uuid.New()
+	if err := c.Set(ctx, record(t, stored, "order", "v1")); err != nil {
+		t.Fatal(err)
+	}
+	fresh := uuid.New()
+	err = c.Set(ctx, record(t, fresh, "order", "new"), record(t, stored, "order", "v2"))
+	var ce *inbox.ConflictError
+	if !errors.As(err, &ce) || !errors.Is(err, inbox.ErrConflictingDuplicate) || len(ce.IDs) != 1 || ce.IDs[0] != stored ||
+		!strings.Contains(err.Error(), stored.String()) {
+		t.Fatalf("Set = %v, want a ConflictError naming %s", err, stored)
+	}
+	// Within one call, before anything is sent.
+	dup := uuid.New()
+	err = c.Set(ctx, record(t, dup, "order", "x"), record(t, dup, "order", "y"))
+	if !errors.As(err, &ce) || ce.IDs[0] != dup {
+		t.Fatalf("Set with a conflict inside the call = %v, want a ConflictError naming %s", err, dup)
+	}
+	// In a transaction: the caller's own write survives the refused Set.
+	if _, err := pool.Exec(ctx, `CREATE TABLE mine (x int)`); err != nil {
+		t.Fatal(err)
+	}
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO mine VALUES (1)`); err != nil {
+			return err
+		}
+		err := c.SetTx(ctx, tx, record(t, uuid.New(), "order", "new"), record(t, stored, "order", "v3"))
+		if !errors.Is(err, inbox.ErrConflictingDuplicate) {
+			return errors.New("SetTx did not reject the conflict: " + err.Error())
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO mine VALUES (2)`) // the transaction still works
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows, mine int
+	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM inbox_records), (SELECT count(*) FROM mine)`).Scan(&rows, &mine); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 1 || mine != 2 {
+		t.Fatalf("%d inbox rows and %d of the caller's rows, want 1 and 2: refused calls write nothing", rows, mine)
+	}
+	// Duplicates with the same payload are still fine.
+	if res, err := c.SetWithResult(ctx, record(t, stored, "order", "v1")); err != nil || res.Duplicates != 1 {
+		t.Fatalf("SetWithResult of a plain duplicate = %+v, %v", res, err)
+	}
+}
+
+// Concurrent Sets of the same new ids with different payloads: exactly one
+// version is stored, and every other call sees a conflict, none an error.
+func TestConcurrentConflictingSets(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	reg := inbox.NewRegistry()
+	reg.On("order", inbox.HandlerFunc("a", badNoop))
+	ib, err := inbox.New(pool, reg, inbox.WithLogger(quiet(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]uuid.UUID, 100)
+	for i := range ids {
+		ids[i] = uuid.New()
+	}
+	const writers = 4
+	results := make([]inbox.SetResult, writers)
+	errs := make([]error, writers)
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var recs []*inbox.Record
+			for _, id := range ids {
+				recs = append(recs, record(t, id, "order", string(rune('a'+w))))
+			}
+			results[w], errs[w] = ib.Client().SetWithResult(ctx, recs...)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	var fresh, conflicting int
+	for _, r := range results {
+		fresh += r.New
+		conflicting += r.Conflicting
+	}
+	if fresh != len(ids) || conflicting != (writers-1)*len(ids) {
+		t.Fatalf("%d new and %d conflicting over %d writers, want %d and %d", fresh, conflicting, writers, len(ids), (writers-1)*len(ids))
+	}
+}
+
+func equalResult(a, b inbox.SetResult) bool {
+	if a.Records != b.Records || a.New != b.New || a.Duplicates != b.Duplicates || a.Conflicting != b.Conflicting ||
+		a.Skipped != b.Skipped || a.Rows != b.Rows || len(a.ConflictingIDs) != len(b.ConflictingIDs) {
+		return false
+	}
+	for i := range a.ConflictingIDs {
+		if a.ConflictingIDs[i] != b.ConflictingIDs[i] {
+			return false
+		}
+	}
+	return true
+}
