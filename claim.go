@@ -3,6 +3,8 @@ package inbox
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -62,15 +64,13 @@ func (w *worker) idle(timer *time.Timer) bool {
 	poll := pollDelay(w.cfg.iterationRate, w.cfg.iterationSeed, rand.Float64())
 	for {
 		d := poll
-		if next := w.nextDue.Load(); next != 0 {
-			d = max(0, min(d, time.Until(time.Unix(0, next))))
+		if next, ok := w.retries.next(); ok {
+			d = max(0, min(d, time.Until(next)))
 		}
 		timer.Reset(d)
 		select {
 		case <-w.wake:
 		case <-timer.C:
-			w.nextDue.Store(0) // the claim that follows takes what is due
-			return true
 		case <-w.resched:
 			timer.Stop()
 			continue
@@ -78,22 +78,63 @@ func (w *worker) idle(timer *time.Timer) bool {
 			return false
 		}
 		timer.Stop()
+		w.retries.due(time.Now()) // the claim that follows takes what is due
 		return true
 	}
 }
 
 // scheduleRetry makes the claimer wake by at.
 func (w *worker) scheduleRetry(at time.Time) {
-	for {
-		cur := w.nextDue.Load()
-		if cur != 0 && cur <= at.UnixNano() {
-			return
-		}
-		if w.nextDue.CompareAndSwap(cur, at.UnixNano()) {
-			signal(w.resched)
-			return
-		}
+	if w.retries.add(at) {
+		signal(w.resched)
 	}
+}
+
+// maxRetryTimes bounds the retry times a worker remembers; beyond them,
+// the latest are forgotten and polling finds their rows.
+const maxRetryTimes = 256
+
+// retryTimes are the times at which rows this worker failed become due
+// again, earliest first.
+type retryTimes struct {
+	mu    sync.Mutex
+	times []time.Time
+}
+
+// add records at and reports whether it is now the earliest.
+func (r *retryTimes) add(at time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i, _ := slices.BinarySearchFunc(r.times, at, time.Time.Compare)
+	if i >= maxRetryTimes {
+		return false
+	}
+	r.times = slices.Insert(r.times, i, at)
+	if len(r.times) > maxRetryTimes {
+		r.times = r.times[:maxRetryTimes]
+	}
+	return i == 0
+}
+
+// next returns the earliest retry time.
+func (r *retryTimes) next() (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.times) == 0 {
+		return time.Time{}, false
+	}
+	return r.times[0], true
+}
+
+// due forgets the retry times up to now.
+func (r *retryTimes) due(now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := 0
+	for i < len(r.times) && !r.times[i].After(now) {
+		i++
+	}
+	r.times = slices.Delete(r.times, 0, i)
 }
 
 // claim claims the rows plan allows and hands them to the owner. It

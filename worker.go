@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -60,8 +59,8 @@ type worker struct {
 	plans    chan claimPlan   // owner → claimer
 
 	wake    chan struct{} // a notification arrived
-	resched chan struct{} // nextDue moved earlier
-	nextDue atomic.Int64  // unix nanos of the earliest retry this worker wrote, or 0
+	resched chan struct{} // the earliest retry time moved earlier
+	retries retryTimes    // when rows this worker failed are due again
 
 	stopClaims chan struct{} // closed by Stop: claim no more
 	hardStop   chan struct{} // closed by Stop when its context ends
