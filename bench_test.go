@@ -22,7 +22,7 @@ import (
 const benchSetBatch = 1000
 
 // benchBatches returns n records in batches of at most benchSetBatch.
-func benchBatches(b *testing.B, n int) [][]*inbox.Record {
+func benchBatches(b testing.TB, n int) [][]*inbox.Record {
 	b.Helper()
 	var batches [][]*inbox.Record
 	for start := 0; start < n; start += benchSetBatch {

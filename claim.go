@@ -5,15 +5,18 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// claimBudget bounds the payload bytes one claim brings into memory; the
-// first row of a claim is taken whatever its size.
-const claimBudget = 64 << 20
+// claimBudget bounds the payload bytes one claim brings into memory: a
+// claim of more reads each payload when its handler starts. Tests lower it.
+var claimBudget atomic.Int64
+
+func init() { claimBudget.Store(64 << 20) }
 
 // lostAttemptText is recorded for an attempt whose lease expired.
 const lostAttemptText = "lease expired before a result was written (worker stopped or lost the database)"
@@ -22,12 +25,12 @@ const lostAttemptText = "lease expired before a result was written (worker stopp
 // there is nothing to claim. It stops between claims, never during one.
 func (w *worker) claimLoop() {
 	defer w.claimer.Done()
-	defer w.send(claimerDoneEv{})
+	defer w.send(event{kind: evClaimerDone})
 	failures := 0
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
-		w.send(wantPlanEv{})
+		w.send(event{kind: evWantPlan})
 		var plan claimPlan
 		select {
 		case plan = <-w.plans:
@@ -83,16 +86,27 @@ func (w *worker) idle(timer *time.Timer) bool {
 	}
 }
 
-// scheduleRetry makes the claimer wake by at.
-func (w *worker) scheduleRetry(at time.Time) {
-	if w.retries.add(at) {
+// scheduleRetries makes the claimer wake when each of the times comes,
+// to the next retryResolution.
+func (w *worker) scheduleRetries(times []time.Time) {
+	earlier := false
+	for _, at := range times {
+		if w.retries.add(at.Truncate(retryResolution).Add(retryResolution)) {
+			earlier = true
+		}
+	}
+	if earlier {
 		signal(w.resched)
 	}
 }
 
 // maxRetryTimes bounds the retry times a worker remembers; beyond them,
-// the latest are forgotten and polling finds their rows.
-const maxRetryTimes = 256
+// the latest are forgotten and polling finds their rows. retryResolution
+// is how close together retry times are told apart.
+const (
+	maxRetryTimes   = 256
+	retryResolution = 5 * time.Millisecond
+)
 
 // retryTimes are the times at which rows this worker failed become due
 // again, earliest first.
@@ -105,8 +119,8 @@ type retryTimes struct {
 func (r *retryTimes) add(at time.Time) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	i, _ := slices.BinarySearchFunc(r.times, at, time.Time.Compare)
-	if i >= maxRetryTimes {
+	i, found := slices.BinarySearchFunc(r.times, at, time.Time.Compare)
+	if found || i >= maxRetryTimes {
 		return false
 	}
 	r.times = slices.Insert(r.times, i, at)
@@ -144,43 +158,55 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 	var locked int
 	var jobs []*job
 	var died []DeadRecord
+	sql, args := claimSQL, []any{plan.types, plan.keys, plan.n, claimBudget.Load(), pgUUID(w.id),
+		w.cfg.lease.Milliseconds(), lostAttemptText, w.deadBy}
+	if plan.capped {
+		sql, args = claimCappedSQL, append(args, plan.caps)
+	}
 	err := w.db.noFlush(w.ioCtx, func(rows pgx.Rows) error {
+		// Texts are read in place (DriverBytes): a claimed row's event type
+		// and handler key are its route's, and its status and error are
+		// needed only for a row that died.
 		var (
-			id                                     pgtype.UUID
-			eventType, key, status, oldStatus, msg string
-			payload                                []byte
-			attempt, maxAttempts                   int
-			storedAt                               time.Time
+			id                          pgtype.UUID
+			ctid                        pgtype.TID
+			eventType, key, status, msg pgtype.DriverBytes
+			payload                     []byte
+			attempt, maxAttempts        int
+			storedAt                    time.Time
+			withheld, rescued           bool
 		)
-		_, err := pgx.ForEachRow(rows, []any{&locked, &id, &eventType, &key, &payload, &attempt, &maxAttempts,
-			&status, &oldStatus, &msg, &storedAt}, func() error {
-			ro := w.routes.byPair[[2]string{eventType, key}]
-			rid := rowID{id.Bytes, key}
-			if oldStatus == string(Progress) {
-				w.log.Warn("inbox: claimed a row whose lease had expired", "event_id", rid.id,
-					"handler_key", key, "attempt", attempt, "status", status)
+		_, err := pgx.ForEachRow(rows, []any{&locked, &ctid, &id, &eventType, &key, &payload, &attempt, &maxAttempts,
+			&status, &msg, &storedAt, &withheld, &rescued}, func() error {
+			ro := w.routes.byTypeKey[string(eventType)][string(key)]
+			if ro == nil {
+				return fmt.Errorf("claimed a row of an unregistered pair (%q, %q)", eventType, key)
 			}
-			if Status(status) == Dead {
-				var err error = &textError{text: msg}
-				if oldStatus == string(Progress) {
+			rid := rowID{id.Bytes, ro.key}
+			if rescued {
+				w.log.Warn("inbox: claimed a row whose lease had expired", "event_id", rid.id,
+					"handler_key", ro.key, "attempt", attempt, "status", string(status))
+			}
+			if string(status) == string(Dead) {
+				var err error = &textError{text: string(msg)}
+				if rescued {
 					err = fmt.Errorf("%w: %s", ErrLeaseExpired, msg)
 				}
-				died = append(died, DeadRecord{EventID: rid.id, EventType: eventType, HandlerKey: key, Attempts: attempt, Err: err})
+				died = append(died, DeadRecord{EventID: rid.id, EventType: ro.eventType, HandlerKey: ro.key, Attempts: attempt, Err: err})
 				return nil
 			}
-			jobs = append(jobs, &job{rowID: rid, route: ro, payload: payload, attempt: attempt,
-				maxAttempts: maxAttempts, storedAt: storedAt})
+			jobs = append(jobs, &job{rowID: rid, route: ro, payload: payload, withheld: withheld, attempt: attempt,
+				maxAttempts: maxAttempts, storedAt: storedAt, ctid: ctid})
 			payload = nil
 			return nil
 		})
 		return err
-	}, claimSQL, plan.types, plan.keys, plan.n, plan.caps, int64(claimBudget), pgUUID(w.id),
-		w.cfg.lease.Milliseconds(), lostAttemptText, w.deadBy)
+	}, sql, args...)
 	if err != nil {
 		return 0, err
 	}
 	if len(jobs) > 0 {
-		w.send(claimedEv{jobs: jobs})
+		w.send(event{kind: evClaimed, jobs: jobs})
 	}
 	for _, rec := range died {
 		w.died(rec)

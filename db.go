@@ -68,17 +68,28 @@ func (d db) queryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 }
 
 // noFlush runs sql after noFlushSQL in one transaction, passing its rows to
-// scan: one round trip as a batch, or an explicit transaction where batches
-// are not safe.
+// scan.
 func (d db) noFlush(ctx context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
+	return d.after(ctx, noFlushSQL, scan, sql, args)
+}
+
+// tidOnly runs sql after tidOnlySQL in one transaction, passing its rows
+// to scan.
+func (d db) tidOnly(ctx context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
+	return d.after(ctx, tidOnlySQL, scan, sql, args)
+}
+
+// after runs settings, then sql, in one transaction: one round trip as a
+// batch, or an explicit transaction where batches are not safe.
+func (d db) after(ctx context.Context, settings string, scan func(pgx.Rows) error, sql string, args []any) error {
 	if d.batches {
 		b := &pgx.Batch{}
-		b.Queue(noFlushSQL)
+		b.Queue(settings)
 		b.Queue(sql, args...).Query(scan)
 		return d.pool.SendBatch(ctx, b).Close()
 	}
 	return pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, noFlushSQL, d.args(nil)...); err != nil {
+		if _, err := tx.Exec(ctx, settings, d.args(nil)...); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, sql, d.args(args)...)

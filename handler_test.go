@@ -293,3 +293,32 @@ func TestMiddleware(t *testing.T) {
 		t.Errorf("the handler ran although its middleware did not call next")
 	}
 }
+
+// A claim whose payloads add up to more than its budget withholds them;
+// each is read when its handler starts, plain or transactional.
+func TestWithheldPayloads(t *testing.T) {
+	ctx := context.Background()
+	pool := newPool(t)
+	t.Cleanup(inbox.SetClaimBudget(1000))
+	var mu sync.Mutex
+	got := map[string]int{}
+	seen := func(p []byte) { mu.Lock(); got[string(p)]++; mu.Unlock() }
+	reg := inbox.NewRegistry()
+	reg.On("big",
+		inbox.HandlerFunc("plain", func(_ context.Context, p []byte) error { seen(p); return nil }),
+		inbox.TxHandlerFunc("tx", func(_ context.Context, _ pgx.Tx, p []byte) error { seen(p); return nil }))
+	ib := start(t, pool, reg, fast(t)...)
+	var recs []*inbox.Record
+	for i := range 10 {
+		recs = append(recs, record(t, uuid.New(), "big", strings.Repeat(fmt.Sprint(i), 600)))
+	}
+	if err := ib.Client().Set(ctx, recs...); err != nil {
+		t.Fatal(err)
+	}
+	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Done: 20})
+	for i := range 10 {
+		if n := got[strings.Repeat(fmt.Sprint(i), 600)]; n != 2 {
+			t.Fatalf("payload %d reached %d handlers, want 2", i, n)
+		}
+	}
+}

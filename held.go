@@ -2,7 +2,10 @@ package inbox
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // jobState is where a held row is between its claim and its result's write.
@@ -70,15 +73,24 @@ type job struct {
 	rowID
 	route       *route
 	payload     []byte
-	attempt     int // the attempt the claim counted
+	withheld    bool // the claim withheld the payload: read it before running
+	attempt     int  // the attempt the claim counted
 	maxAttempts int
 	storedAt    time.Time
+	// ctid is where the row was at its claim or latest renewal: the
+	// writer reaches it there without an index lookup.
+	ctid pgtype.TID
 
 	state    jobState
-	deadline time.Time // running: leases are renewed until then
+	deadline time.Time // running: leases are renewed, and the handler waited for, until then
+	lostAt   time.Time // lost: when its handler was cancelled
+	actx     *attemptCtx // the root of ctx, with the attempt
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
 	res      result
+	// run is jobRunning until the handler returns or is abandoned; the
+	// runner and the watchdogs race for it.
+	run atomic.Int32
 }
 
 // held is the set of rows a worker holds, and the rules that move them
@@ -116,6 +128,7 @@ type claimPlan struct {
 	n           int
 	types, keys []string
 	caps        []int32
+	capped      bool // some route is capped below n
 }
 
 // plan returns the next claim's size and the routes it may take rows of,
@@ -136,6 +149,7 @@ func (h *held) plan(batch, minClaim int) (claimPlan, bool) {
 		if c <= 0 {
 			continue
 		}
+		p.capped = p.capped || c < p.n
 		p.types, p.keys, p.caps = append(p.types, r.eventType), append(p.keys, r.key), append(p.caps, int32(c))
 	}
 	return p, len(p.types) > 0
@@ -274,6 +288,16 @@ func (h *held) lose(items []renewItem) (cancel []*job, n int) {
 		}
 	}
 	return cancel, n
+}
+
+// moved records the new ctids of renewed rows. A row being written keeps
+// the ctid the writer has.
+func (h *held) moved(rows []renewedRow) {
+	for _, r := range rows {
+		if j, ok := h.jobs[r.rowID]; ok && j.attempt == r.attempt && j.state != writing {
+			j.ctid = r.ctid
+		}
+	}
 }
 
 // loseAll is lose for every held row not being written.

@@ -49,16 +49,26 @@ type Middleware func(ctx context.Context, a Attempt, next func(context.Context) 
 
 type attemptKey struct{}
 
-// attemptValue is what a handler's context carries.
-type attemptValue struct {
+// attemptCtx is the root of a handler's context: the values of Start's
+// context, with the attempt. It is never cancelled itself, so the
+// cancellable context derived from it registers with no parent.
+type attemptCtx struct {
+	context.Context
 	a     Attempt
 	owner *worker
+}
+
+func (c *attemptCtx) Value(key any) any {
+	if key == (attemptKey{}) {
+		return c
+	}
+	return c.Context.Value(key)
 }
 
 // AttemptFromContext returns the attempt a handler's (or middleware's)
 // context belongs to.
 func AttemptFromContext(ctx context.Context) (Attempt, bool) {
-	v, ok := ctx.Value(attemptKey{}).(*attemptValue)
+	v, ok := ctx.Value(attemptKey{}).(*attemptCtx)
 	if !ok {
 		return Attempt{}, false
 	}

@@ -257,8 +257,8 @@ type route struct {
 type routes struct {
 	// byType: event type to its routes, in registration order.
 	byType map[string][]*route
-	// byPair: (event type, handler key) to its route.
-	byPair map[[2]string]*route
+	// byTypeKey: event type, then handler key, to its route.
+	byTypeKey map[string]map[string]*route
 	// list: every route, sorted by event type then registration order.
 	list []*route
 	// eventTypes: the registered event types, sorted.
@@ -280,7 +280,7 @@ func (r *Registry) snapshot(cfg *config) (*routes, error) {
 	if len(r.handlers) == 0 {
 		return nil, fmt.Errorf("%w: no handlers registered; call Registry.On before New", ErrInvalidRegistry)
 	}
-	rt := &routes{byType: make(map[string][]*route, len(r.handlers)), byPair: make(map[[2]string]*route)}
+	rt := &routes{byType: make(map[string][]*route, len(r.handlers)), byTypeKey: make(map[string]map[string]*route)}
 	for t := range r.handlers {
 		rt.eventTypes = append(rt.eventTypes, t)
 	}
@@ -300,7 +300,10 @@ func (r *Registry) snapshot(cfg *config) (*routes, error) {
 			}
 			ro.tx, _ = reg.h.(TxHandler)
 			rt.byType[t] = append(rt.byType[t], ro)
-			rt.byPair[[2]string{t, ro.key}] = ro
+			if rt.byTypeKey[t] == nil {
+				rt.byTypeKey[t] = make(map[string]*route)
+			}
+			rt.byTypeKey[t][ro.key] = ro
 			rt.list = append(rt.list, ro)
 			rt.pairTypes = append(rt.pairTypes, t)
 			rt.pairKeys = append(rt.pairKeys, ro.key)

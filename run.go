@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -27,42 +26,55 @@ func (w *worker) runLoop() {
 }
 
 // execute runs one job with its timeout and reports the result to the
-// owner. A handler that has not returned a grace period after its context
-// ended is abandoned: its attempt is reported as failed, the owner starts
-// a new runner, and execute reports false once the handler returns, so
-// that this runner exits.
+// owner, unless the owner abandoned the handler meanwhile (it ignored its
+// context past the grace period, see owner.watch): then execute reports
+// false once the handler returns, so that this runner exits, another
+// having taken its place.
 func (w *worker) execute(j *job) bool {
 	tctx, cancel := context.WithTimeoutCause(j.ctx, j.route.timeout, ErrHandlerTimeout)
 	defer cancel()
 	defer j.cancel(nil)
-
-	var state atomic.Int32 // running, then returned or abandoned
-	const running, returned, abandoned = 0, 1, 2
-	stopWatch := context.AfterFunc(tctx, func() {
-		time.AfterFunc(w.grace(), func() {
-			if !state.CompareAndSwap(running, abandoned) {
-				return
-			}
-			w.log.Warn("inbox: handler ignores its context; abandoning it", "event_id", j.id, "handler_key", j.key)
-			err := fmt.Errorf("handler did not return within %v of its context ending", w.grace())
-			w.send(resultEv{job: j, res: w.failed(tctx, j, err), abandoned: true})
-		})
-	})
 	res := w.run(tctx, j)
-	stopWatch()
-	if !state.CompareAndSwap(running, returned) {
+	if !j.run.CompareAndSwap(jobRunning, jobReturned) {
 		return false
 	}
-	w.send(resultEv{job: j, res: res})
+	w.send(event{kind: evResult, job: j, res: res})
 	return true
 }
+
+// Where a running job's handler is, for its runner and the owner.
+const (
+	jobRunning int32 = iota
+	jobReturned
+	jobAbandoned
+)
 
 // run runs the middleware chain and the handler, and turns what they
 // returned into the attempt's result.
 func (w *worker) run(ctx context.Context, j *job) result {
-	a := Attempt{EventID: j.id, EventType: j.route.eventType, HandlerKey: j.key, Number: j.attempt,
-		MaxAttempts: j.maxAttempts, Payload: j.payload, StoredAt: j.storedAt, Transactional: j.route.tx != nil}
-	ctx = context.WithValue(ctx, attemptKey{}, &attemptValue{a: a, owner: w})
+	payload := j.payload
+	if j.withheld {
+		err := w.db.queryRow(ctx, payloadSQL, pgUUID(j.id), j.key, pgUUID(w.id), j.attempt).Scan(&payload)
+		if err != nil {
+			return w.failed(ctx, j, fmt.Errorf("inbox: read the payload: %w", err))
+		}
+		j.actx.a.Payload = payload
+	}
+	if len(w.cfg.middleware) == 0 {
+		var err error
+		if j.route.tx != nil {
+			var committed bool
+			if committed, err = w.runTx(ctx, j, payload); committed {
+				return result{kind: resCommitted}
+			}
+		} else {
+			err = process(ctx, j.route.handler, payload)
+		}
+		if err == nil {
+			return result{kind: resDone}
+		}
+		return w.failed(ctx, j, err)
+	}
 
 	var called, committed bool
 	var innerErr error
@@ -72,13 +84,13 @@ func (w *worker) run(ctx context.Context, j *job) result {
 		}
 		called = true
 		if j.route.tx != nil {
-			committed, innerErr = w.runTx(ctx, j)
+			committed, innerErr = w.runTx(ctx, j, payload)
 		} else {
-			innerErr = guest(func() error { return j.route.handler.Process(ctx, j.payload) })
+			innerErr = process(ctx, j.route.handler, payload)
 		}
 		return innerErr
 	}
-	err := w.chain(ctx, a, next)
+	err := w.chain(ctx, j.actx.a, next)
 	switch {
 	case committed:
 		if err != nil {
@@ -92,6 +104,17 @@ func (w *worker) run(ctx context.Context, j *job) result {
 		return result{kind: resDone}
 	}
 	return w.failed(ctx, j, err)
+}
+
+// process calls a plain handler, turning a panic into a *PanicError. It is
+// guest without the closure, for the common case.
+func process(ctx context.Context, h Handler, payload []byte) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = &PanicError{Value: p, Stack: debug.Stack()}
+		}
+	}()
+	return h.Process(ctx, payload)
 }
 
 // chain runs the middleware around next, the first outermost.
@@ -143,7 +166,7 @@ func guest(fn func() error) (err error) {
 
 // runTx runs a TxHandler in a transaction that also marks its row done,
 // and reports whether that transaction committed.
-func (w *worker) runTx(ctx context.Context, j *job) (bool, error) {
+func (w *worker) runTx(ctx context.Context, j *job, payload []byte) (bool, error) {
 	tx, err := w.db.pool.Begin(ctx)
 	if err != nil {
 		return false, fmt.Errorf("begin transaction: %w", err)
@@ -154,7 +177,7 @@ func (w *worker) runTx(ctx context.Context, j *job) (bool, error) {
 		_ = tx.Rollback(rctx) // no-op after a commit
 	}()
 	htx := &handlerTx{Tx: tx}
-	err = guest(func() error { return j.route.tx.ProcessTx(ctx, htx, j.payload) })
+	err = guest(func() error { return j.route.tx.ProcessTx(ctx, htx, payload) })
 	if htx.misused != "" {
 		return false, fmt.Errorf("%w: ProcessTx called %s; return nil to commit, an error to roll back", ErrTxControl, htx.misused)
 	}
@@ -215,7 +238,7 @@ func (w *worker) unmarkGuest() { w.guests.Delete(goid()) }
 // inGuest reports whether the calling goroutine runs this worker's user
 // code, or ctx belongs to one of its handler runs.
 func (w *worker) inGuest(ctx context.Context) bool {
-	if v, ok := ctx.Value(attemptKey{}).(*attemptValue); ok && v.owner == w {
+	if v, ok := ctx.Value(attemptKey{}).(*attemptCtx); ok && v.owner == w {
 		return true
 	}
 	_, ok := w.guests.Load(goid())

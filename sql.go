@@ -62,40 +62,74 @@ const channelSQL = `SELECT ` + channelExpr
 // connection receives what is sent through the pool.
 const probeSQL = `SELECT pg_notify(` + channelExpr + `, $1) IS NOT NULL`
 
+// tidOnlySQL leaves the planner one way to reach rows of the table without
+// a penalty: a TID fetch per row. completeSQL runs after it: joined to a few
+// hundred ctids, the table could otherwise be scanned (sequentially, or
+// through the due index when the statistics say few rows are in progress)
+// and every pair compared.
+const tidOnlySQL = `SELECT set_config('enable_seqscan', 'off', true), set_config('enable_indexscan', 'off', true),
+       set_config('enable_bitmapscan', 'off', true), set_config('enable_hashjoin', 'off', true),
+       set_config('enable_mergejoin', 'off', true), set_config('jit', 'off', true)`
+
 // noFlushSQL makes the transaction it runs in commit without waiting for
-// the WAL flush, and plan its statements without sorts. Claims and lease
-// renewals run after it in the same transaction: if a database crash loses
-// one, rows merely go back to their previous state and are claimed again,
-// which the guarded result writes already allow for. With sorts disabled
-// the claim walks the due index in order whatever the table's statistics
-// say: planned from the statistics of an empty table (right after CREATE
-// or TRUNCATE, before autoanalyze) it would otherwise sort every due row.
-// The sorts that remain (of the few hundred rows claimed) then carry the
-// planner's penalty for disabled nodes, which would push the plan's cost
-// over jit_above_cost and spend half a second compiling it: JIT is off.
+// the WAL flush, and take the plan its statements were written for,
+// whatever the table's statistics say. Claims and lease renewals run after it: if a
+// database crash loses one, rows merely go back to their previous state and
+// are claimed again, which the guarded result writes already allow for.
+//
+// With sorts disabled the claim walks the due index in order: planned from
+// the statistics of an empty table (right after CREATE or TRUNCATE, before
+// autoanalyze), it would otherwise sort every due row. The few sorts that
+// remain (of the rows claimed) carry the planner's penalty for disabled
+// nodes, which would push the plan's cost over jit_above_cost and spend
+// half a second compiling it: JIT is off.
 const noFlushSQL = `SELECT set_config('synchronous_commit', 'off', true),
-       set_config('enable_sort', 'off', true),
-       set_config('jit', 'off', true)`
+       set_config('enable_sort', 'off', true), set_config('jit', 'off', true)`
 
 // claimSQL locks up to $3 due rows of the registered (event type, handler
-// key) pairs $1, $2, oldest due first, skipping rows other workers hold. Of
-// those it claims, in due order, at most $4[i] rows of pair i (the handler's
-// free concurrency, when limited) and rows whose payloads add up to at most
-// $5 bytes (always the first row). It leases them to worker $6 for $7
-// milliseconds, counting an attempt. A row whose lease expired (its worker
-// died) is claimed again, its lost attempt recorded ($8); if it has used up
-// its own max_attempts it becomes dead instead, owing its dead callback to
-// $9 (NULL: no callback).
+// key) pairs $1, $2, oldest due first, skipping rows other workers hold,
+// and leases them to worker $5 for $6 milliseconds, counting an attempt.
+// A row whose lease expired (its worker died) is claimed again, its lost
+// attempt recorded ($7); if it has used up its own max_attempts it becomes
+// dead instead, owing its dead callback to $8 (NULL: no callback).
 //
 // The MATERIALIZED CTE cannot lock more rows than the limit. The update
-// reaches the picked rows by ctid = ANY(ARRAY(...)), a TID scan whatever
-// plan the statement gets: joining the CTE back to the table lets a generic
-// plan hash-join the whole table. The old status comes back through a join
-// of the two small CTE results. The first column counts the rows locked, so
-// the caller knows whether more may be due when it claimed fewer. Whenever
-// a row is locked one is claimed: the oldest due row is within every cap
-// (a pair with no free concurrency is not passed at all) and the budget.
-const claimSQL = `
+// reaches the locked rows by ctid = ANY(ARRAY(...)), a TID scan whatever
+// plan the statement gets: a join back to the table could be planned as a
+// scan of the whole table. The last column says whether the row was
+// rescued (its lease had expired); it is computed row by row only when the
+// claim rescued any.
+//
+// Payloads come back only when those of the whole claim add up to at most
+// $4 bytes; otherwise the last column says they were withheld, and each is
+// read when its handler starts (payloadSQL), so that a claim of large
+// payloads never holds more than the running handlers' in memory. The new
+// ctid of each row lets its result be written without an index lookup.
+//
+// claimCappedSQL is the same with per-pair caps: of the locked rows it
+// claims, in due order, at most $9[i] rows of pair i (a handler's free
+// concurrency) and releases the others at commit. Whenever a row is locked
+// one is claimed: the oldest due row is within every cap (a pair with no
+// free concurrency is not passed at all).
+var claimSQL = claimWith(false)
+
+var claimCappedSQL = claimWith(true)
+
+// claimWith builds claimSQL, or claimCappedSQL when capped.
+func claimWith(capped bool) string {
+	from, picked := "due", ""
+	if capped {
+		from, picked = "picked", `, picked AS MATERIALIZED (
+    SELECT d.* FROM (
+        SELECT due.*, row_number() OVER (PARTITION BY event_type, handler_key ORDER BY due_at) AS nth
+        FROM due
+    ) d
+    JOIN unnest($1::text[], $2::text[], $9::int[]) AS p(event_type, handler_key, cap)
+      ON p.event_type = d.event_type AND p.handler_key = d.handler_key
+    WHERE d.nth <= p.cap
+)`
+	}
+	return `
 WITH due AS MATERIALIZED (
     SELECT ctid, event_id, handler_key, event_type, status, due_at, octet_length(payload) AS size
     FROM inbox_records
@@ -105,85 +139,84 @@ WITH due AS MATERIALIZED (
     ORDER BY due_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
-), ranked AS MATERIALIZED (
-    SELECT d.ctid, d.event_id, d.handler_key, d.status,
-           row_number() OVER (PARTITION BY d.event_type, d.handler_key ORDER BY d.due_at) AS nth,
-           sum(coalesce(d.size, 0)) OVER (ORDER BY d.due_at, d.ctid) - coalesce(d.size, 0) AS before,
-           p.cap
-    FROM due d
-    JOIN unnest($1::text[], $2::text[], $4::int[]) AS p(event_type, handler_key, cap)
-      ON p.event_type = d.event_type AND p.handler_key = d.handler_key
-), picked AS MATERIALIZED (
-    SELECT * FROM ranked WHERE nth <= cap AND (before = 0 OR before < $5)
+)` + picked + `, inline AS MATERIALIZED (
+    SELECT coalesce(sum(size), 0) <= $4 AS ok FROM ` + from + `
+), rescues AS MATERIALIZED (
+    SELECT coalesce(bool_or(status = 'progress'), false) AS any_rescued FROM ` + from + `
 ), claimed AS (
     UPDATE inbox_records AS r
     SET status           = CASE WHEN r.attempts >= r.max_attempts THEN 'dead' ELSE 'progress' END,
         attempts         = CASE WHEN r.attempts >= r.max_attempts THEN r.attempts ELSE r.attempts + 1 END,
         last_error       = CASE WHEN r.status = 'progress'
-                                THEN 'attempt ' || r.attempts || ': ' || $8::text
+                                THEN 'attempt ' || r.attempts || ': ' || $7::text
                                 ELSE r.last_error END,
-        locked_by        = CASE WHEN r.attempts >= r.max_attempts THEN NULL ELSE $6::uuid END,
-        dead_callback_by = CASE WHEN r.attempts >= r.max_attempts THEN $9::uuid END,
+        locked_by        = CASE WHEN r.attempts >= r.max_attempts THEN NULL ELSE $5::uuid END,
+        dead_callback_by = CASE WHEN r.attempts >= r.max_attempts THEN $8::uuid END,
         due_at           = CASE WHEN r.attempts >= r.max_attempts THEN r.due_at
-                                ELSE now() + $7::bigint * interval '1 millisecond' END,
+                                ELSE now() + $6::bigint * interval '1 millisecond' END,
         updated_at       = now()
-    WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM picked))
-    RETURNING r.event_id, r.event_type, r.handler_key, r.payload, r.attempts, r.max_attempts,
-              r.status, r.last_error, r.created_at
+    WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM ` + from + `))
+    RETURNING (SELECT count(*) FROM due), r.ctid, r.event_id, r.event_type, r.handler_key,
+              CASE WHEN (SELECT ok FROM inline) THEN r.payload END, r.attempts, r.max_attempts,
+              r.status, r.last_error, r.created_at, NOT (SELECT ok FROM inline),
+              (SELECT any_rescued FROM rescues)
+              AND EXISTS (SELECT FROM due d WHERE d.status = 'progress'
+                          AND d.event_id = r.event_id AND d.handler_key = r.handler_key)
 )
-SELECT (SELECT count(*) FROM due), c.event_id, c.event_type, c.handler_key, c.payload, c.attempts,
-       c.max_attempts, c.status, p.status, c.last_error, c.created_at
-FROM claimed c
-JOIN picked p ON p.event_id = c.event_id AND p.handler_key = c.handler_key`
+SELECT * FROM claimed`
+}
+
+// payloadSQL reads the payload of a row that worker $3 holds for attempt
+// $4, for a claim that withheld it.
+const payloadSQL = `
+SELECT payload FROM inbox_records
+WHERE event_id = $1 AND handler_key = $2 AND status = 'progress' AND locked_by = $3 AND attempts = $4`
 
 // completeSQL writes the results of many attempts in one statement: done,
 // failed with its next due time, dead, or handed back unstarted. Each row
-// is written only while worker $9 still holds it for that attempt, so a
-// late writer never overwrites a newer attempt. A NULL error or due time
-// keeps the stored one; $6[i] false takes back the attempt the claim
-// counted (a row handed back unstarted, or a handler that asked to retry
-// later). A row that becomes dead owes its dead callback to $10 (NULL: no
-// callback). It returns the rows written.
+// is reached by the ctid its claim (or latest renewal) returned, $1: run
+// after tidOnlySQL, the only plan without a disabled node is a TID fetch per
+// row, and
+// written only while worker $10 still holds it for that attempt, so a late
+// writer never overwrites a newer attempt. A NULL error or due time keeps
+// the stored one; $7[i] false takes back the attempt the claim counted (a
+// row handed back unstarted, or a handler that asked to retry later). A
+// row that becomes dead owes its dead callback to $9 (NULL: no callback).
+// It returns the positions (from 1) of the rows written. A row updated since its ctid was read (its
+// lease renewed meanwhile) has moved and is missed; completeOneSQL writes
+// such rows, found through the primary key.
 var completeSQL = `
-WITH ` + byKey(`unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bool[], $7::timestamptz[])
-         AS u(event_id, handler_key, attempts, status, last_error, counted, due_at)`) + `
 UPDATE inbox_records AS r
-SET status           = v.status,
+SET ` + completeSet("$9") + `
+FROM unnest($1::tid[], $2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[], $7::bool[], $8::timestamptz[])
+     WITH ORDINALITY AS v(row_ctid, event_id, handler_key, attempts, status, last_error, counted, due_at, i)
+WHERE r.ctid = v.row_ctid AND r.event_id = v.event_id AND r.handler_key = v.handler_key
+  AND r.status = 'progress' AND r.locked_by = $10::uuid AND r.attempts = v.attempts
+RETURNING v.i`
+
+// completeOneSQL is completeSQL for one row found by key, for a row that
+// completeSQL missed: $1 event id, $2 handler key, $3 attempt, $4 status,
+// $5 error, $6 counted, $7 due time, $8 the worker owed the dead callback,
+// $9 the worker.
+var completeOneSQL = `
+UPDATE inbox_records AS r
+SET ` + completeSet("$8") + `
+FROM (SELECT $4::text AS status, $5::text AS last_error, $6::bool AS counted, $7::timestamptz AS due_at) AS v
+WHERE r.event_id = $1 AND r.handler_key = $2 AND r.status = 'progress'
+  AND r.locked_by = $9::uuid AND r.attempts = $3
+RETURNING r.event_id, r.handler_key`
+
+// completeSet is the SET list of the complete statements, for an update
+// FROM v; deadBy is the parameter naming the worker that owes the dead
+// callback.
+func completeSet(deadBy string) string {
+	return `status           = v.status,
     attempts         = CASE WHEN v.counted THEN r.attempts ELSE r.attempts - 1 END,
     last_error       = coalesce(v.last_error, r.last_error),
     due_at           = coalesce(v.due_at, r.due_at),
     locked_by        = NULL,
-    dead_callback_by = CASE WHEN v.status = 'dead' THEN $8::uuid END,
-    updated_at       = now()
-FROM v
-WHERE ` + heldBy("$9") + `
-RETURNING r.event_id, r.handler_key`
-
-// byKey is a CTE v of the rows named by the unnest expression u (which has
-// event_id and handler_key columns), with their ctids in row_ctid. Each row
-// is found through the primary key, in a LATERAL subquery whose LIMIT keeps
-// the planner from turning the lookups into a scan of the whole table.
-func byKey(unnest string) string {
-	return `v AS MATERIALIZED (
-    SELECT t.ctid AS row_ctid, u.*
-    FROM ` + unnest + `
-    CROSS JOIN LATERAL (
-        SELECT ctid FROM inbox_records
-        WHERE event_id = u.event_id AND handler_key = u.handler_key
-        LIMIT 1
-    ) t
-)`
-}
-
-// heldBy is the condition, for an UPDATE of inbox_records r FROM byKey's v,
-// that reaches v's rows by a TID scan and keeps those that worker owner
-// still holds for v's attempt. A row updated concurrently fails it.
-func heldBy(owner string) string {
-	return `r.ctid = ANY (ARRAY(SELECT row_ctid FROM v))
-  AND r.ctid = v.row_ctid
-  AND r.status = 'progress'
-  AND r.locked_by = ` + owner + `
-  AND r.attempts = v.attempts`
+    dead_callback_by = CASE WHEN v.status = 'dead' THEN ` + deadBy + `::uuid END,
+    updated_at       = now()`
 }
 
 // completeTxSQL marks one row done inside a TxHandler's transaction, under
@@ -197,11 +230,11 @@ WHERE event_id = $1 AND handler_key = $2
 // renewSQL extends the leases worker $4 holds on the given rows, for $5
 // milliseconds. It never waits for a lock: a row another statement has
 // locked (its result being written, a TxHandler committing) is skipped this
-// time. It returns the rows that are no longer the worker's: gone, or held
-// by another worker or for another attempt, with the attempt asked about. A
-// row that is no longer in progress but still at the worker's attempt (or
-// one before it: handed back) was finished by this worker, and is not
-// returned.
+// time. It returns each renewed row with its new ctid, and each row that is
+// no longer the worker's (gone, or held by another worker or for another
+// attempt) with a NULL ctid, both with the attempt asked about. A row that
+// is no longer in progress but still at the worker's attempt (or one before
+// it: handed back) was finished by this worker, and is not returned.
 const renewSQL = `
 WITH v AS MATERIALIZED (
     SELECT u.event_id, u.handler_key, u.attempts, t.ctid AS row_ctid,
@@ -220,12 +253,14 @@ WITH v AS MATERIALIZED (
       AND status = 'progress' AND locked_by = $4::uuid
     FOR UPDATE SKIP LOCKED
 ), renewed AS (
-    -- Runs although nothing reads it, as every data-modifying CTE does.
     UPDATE inbox_records
     SET due_at = now() + $5::bigint * interval '1 millisecond'
     WHERE ctid = ANY (ARRAY(SELECT ctid FROM mine))
+    RETURNING event_id, handler_key, attempts, ctid
 )
-SELECT event_id, handler_key, attempts
+SELECT event_id, handler_key, attempts, ctid FROM renewed
+UNION ALL
+SELECT event_id, handler_key, attempts, NULL
 FROM v
 WHERE row_ctid IS NULL
    OR (status = 'progress' AND (locked_by <> $4::uuid OR now_attempts <> attempts))

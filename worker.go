@@ -48,9 +48,15 @@ type worker struct {
 	// a hard stop, so that a graceful Stop lets them finish.
 	ioCtx    context.Context
 	cancelIO context.CancelFunc
-	// handlerCtx is the parent of every handler's context.
-	handlerCtx     context.Context
-	cancelHandlers context.CancelCauseFunc
+	// handlerCtx is the parent of every handler's context: the values of
+	// Start's context, without its cancellation. Each handler's context is
+	// cancelled by the owner (a lost lease, a hard stop) or its timeout;
+	// none is registered with a shared parent, which every runner would
+	// contend for.
+	handlerCtx context.Context
+	// stopCause is why handlers were cancelled by a hard stop; set before
+	// hardStop is closed.
+	stopCause error
 
 	events   chan event       // to the owner
 	jobs     chan *job        // owner → runners
@@ -73,42 +79,39 @@ type worker struct {
 	claimer, owner, runners, io, background sync.WaitGroup
 }
 
-// event is a message to the owner.
-type event interface{ isEvent() }
+// event is a message to the owner: one struct, not an interface, so that
+// sending one allocates nothing.
+type event struct {
+	kind eventKind
+	jobs []*job // claimed, written
+	job  *job   // result
+	res  result // result
+	renewed   []renewedRow // renewed
+	lost      []renewItem  // renewed: rows no longer held
+	err       error        // renewed: the renewal failed
+}
 
-type (
-	// claimedEv: the claimer claimed jobs.
-	claimedEv struct{ jobs []*job }
-	// wantPlanEv: the claimer waits for a plan on w.plans.
-	wantPlanEv struct{}
-	// claimerDoneEv: the claimer has stopped for good.
-	claimerDoneEv struct{}
-	// resultEv: a handler returned, or was abandoned.
-	resultEv struct {
-		job       *job
-		res       result
-		abandoned bool
-	}
-	// writtenEv: the writer finished a batch.
-	writtenEv struct{ jobs []*job }
-	// renewedEv: the renewer finished; lost are rows no longer held.
-	renewedEv struct {
-		lost []renewItem
-		err  error
-	}
+type eventKind uint8
+
+const (
+	evClaimed     eventKind = iota + 1 // the claimer claimed jobs
+	evWantPlan                         // the claimer waits for a plan on w.plans
+	evClaimerDone                      // the claimer has stopped for good
+	evResult                           // a handler returned, or was abandoned
+	evWritten                          // the writer finished a batch
+	evRenewed                          // the renewer finished
 )
-
-func (claimedEv) isEvent()     {}
-func (wantPlanEv) isEvent()    {}
-func (claimerDoneEv) isEvent() {}
-func (resultEv) isEvent()      {}
-func (writtenEv) isEvent()     {}
-func (renewedEv) isEvent()     {}
 
 // renewItem is a row whose lease to renew.
 type renewItem struct {
 	rowID
 	attempt int
+}
+
+// renewedRow is a row whose lease was renewed, and where it is now.
+type renewedRow struct {
+	renewItem
+	ctid pgtype.TID
 }
 
 func newWorker(ib *Inbox) *worker {
@@ -140,7 +143,7 @@ func newWorker(ib *Inbox) *worker {
 func (w *worker) start(ctx context.Context) error {
 	w.ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	w.ioCtx, w.cancelIO = context.WithCancel(w.ctx)
-	w.handlerCtx, w.cancelHandlers = context.WithCancelCause(w.ctx)
+	w.handlerCtx = context.WithoutCancel(ctx)
 	if err := w.beat(ctx); err != nil {
 		w.cancel()
 		return err
@@ -191,9 +194,9 @@ func (w *worker) stop(ctx context.Context) error {
 	close(w.stopClaims)
 	err := waitCtx(ctx, &w.claimer, &w.owner, &w.runners)
 	if err != nil {
-		w.cancelHandlers(fmt.Errorf("inbox: Stop's context ended: %w", context.Cause(ctx)))
+		w.stopCause = fmt.Errorf("inbox: Stop's context ended: %w", context.Cause(ctx))
 		w.cancelIO()
-		close(w.hardStop)
+		close(w.hardStop) // the owner cancels the running handlers
 		w.owner.Wait()
 	}
 	w.io.Wait()
@@ -252,110 +255,6 @@ func (w *worker) report(err error) {
 // before it records the attempt as failed and frees the slot.
 func (w *worker) grace() time.Duration {
 	return min(w.cfg.lease/3, time.Second)
-}
-
-// own is the owner goroutine: every change of a held row happens here.
-func (w *worker) own() {
-	defer w.owner.Done()
-	defer close(w.ownerDone)
-	defer close(w.jobs)
-	defer close(w.writes)
-	defer close(w.renewals)
-
-	h := newHeld(w.routes.list, w.cfg.concurrency, w.cfg.concurrency+w.cfg.batchSize, w.grace())
-	minClaim := max(1, w.cfg.batchSize/2)
-	ticker := time.NewTicker(w.cfg.lease / 3)
-	defer ticker.Stop()
-	var planWanted, stopping, writing, renewing bool
-	lastRenewed := time.Now()
-	for {
-		now := time.Now()
-		for j := h.start(now); j != nil; j = h.start(now) {
-			j.ctx, j.cancel = context.WithCancelCause(w.handlerCtx)
-			w.jobs <- j // never blocks: at most concurrency jobs are out
-		}
-		if planWanted {
-			if p, ok := h.plan(w.cfg.batchSize, minClaim); ok {
-				w.plans <- p // never blocks: the claimer asked once
-				planWanted = false
-			}
-		}
-		if !writing {
-			if batch := h.takeWrites(); len(batch) > 0 {
-				w.writes <- batch // never blocks: the writer is idle
-				writing = true
-			}
-		}
-		if stopping && h.idle() && !writing {
-			return
-		}
-		select {
-		case ev := <-w.events:
-			switch ev := ev.(type) {
-			case claimedEv:
-				h.add(ev.jobs)
-			case wantPlanEv:
-				planWanted = true
-			case claimerDoneEv:
-				stopping = true
-				h.release()
-			case resultEv:
-				if ev.abandoned {
-					// Its runner is stuck in the handler: another takes its place.
-					w.runners.Add(1)
-					go w.runLoop()
-				}
-				h.finish(ev.job, ev.res)
-			case writtenEv:
-				writing = false
-				h.written(ev.jobs)
-			case renewedEv:
-				renewing = false
-				if ev.err != nil {
-					w.report(fmt.Errorf("inbox: renew leases: %w", ev.err))
-					if time.Since(lastRenewed) >= w.cfg.lease*2/3 {
-						cancel, n := h.loseAll()
-						w.cancelLost(cancel, "renewals failed for too long")
-						if n > 0 {
-							w.report(fmt.Errorf("%w: leases of %d rows could not be renewed in time; they will be retried", ErrLeaseLost, n))
-						}
-					}
-					continue
-				}
-				lastRenewed = now
-				if cancel, n := h.lose(ev.lost); n > 0 {
-					w.cancelLost(cancel, "taken over")
-					w.report(fmt.Errorf("%w: %d rows were taken over by another worker or removed", ErrLeaseLost, n))
-				}
-			}
-		case <-ticker.C:
-			if renewing {
-				continue // the last renewal is still running
-			}
-			jobs := h.renewals(now)
-			if len(jobs) == 0 {
-				lastRenewed = now
-				continue
-			}
-			items := make([]renewItem, len(jobs))
-			for i, j := range jobs {
-				items[i] = renewItem{j.rowID, j.attempt}
-			}
-			w.renewals <- items // never blocks: the renewer is idle
-			renewing = true
-		case <-w.hardStop:
-			return
-		}
-	}
-}
-
-// cancelLost cancels the handlers of rows whose leases were lost.
-func (w *worker) cancelLost(jobs []*job, why string) {
-	for _, j := range jobs {
-		j.cancel(ErrLeaseLost)
-		w.log.Warn("inbox: lease lost; cancelling the handler", "event_id", j.id, "handler_key", j.key,
-			"attempt", j.attempt, "reason", why)
-	}
 }
 
 // signal wakes whoever waits on ch, without blocking.

@@ -2,7 +2,6 @@ package inbox
 
 import (
 	"fmt"
-	"maps"
 	"math/rand/v2"
 	"time"
 
@@ -16,7 +15,7 @@ func (w *worker) writeLoop() {
 	defer w.io.Done()
 	for batch := range w.writes {
 		w.write(batch)
-		w.send(writtenEv{jobs: batch})
+		w.send(event{kind: evWritten, jobs: batch})
 	}
 }
 
@@ -25,6 +24,7 @@ func (w *worker) writeLoop() {
 // result is written already.
 func (w *worker) write(batch []*job) {
 	n := len(batch)
+	ctids := make([]pgtype.TID, 0, n)
 	ids := make([]pgtype.UUID, 0, n)
 	keys := make([]string, 0, n)
 	attempts := make([]int32, 0, n)
@@ -34,13 +34,13 @@ func (w *worker) write(batch []*job) {
 	dues := make([]*time.Time, 0, n)
 	dead := make(map[rowID]DeadRecord)
 	now := time.Now()
-	var earliest time.Time // earliest retry written
+	var retries []time.Time // when the failed rows are due again
 	released := false
 	add := func(j *job, status string, text *string, count bool, due *time.Time) {
-		ids, keys, attempts = append(ids, pgUUID(j.id)), append(keys, j.key), append(attempts, int32(j.attempt))
+		ctids, ids, keys, attempts = append(ctids, j.ctid), append(ids, pgUUID(j.id)), append(keys, j.key), append(attempts, int32(j.attempt))
 		statuses, errs, counted, dues = append(statuses, status), append(errs, text), append(counted, count), append(dues, due)
-		if due != nil && status == string(Failed) && (earliest.IsZero() || due.Before(earliest)) {
-			earliest = *due
+		if due != nil && status == string(Failed) {
+			retries = append(retries, *due)
 		}
 	}
 	for _, j := range batch {
@@ -80,7 +80,7 @@ func (w *worker) write(batch []*job) {
 	for k, rec := range dead {
 		w.deadCalls.remember(k, rec)
 	}
-	written, err := w.complete(ids, keys, attempts, statuses, errs, counted, dues)
+	written, err := w.complete(ctids, ids, keys, attempts, statuses, errs, counted, dues)
 	for k, rec := range dead {
 		if !written[k] {
 			w.deadCalls.forget(k)
@@ -91,9 +91,7 @@ func (w *worker) write(batch []*job) {
 	if len(dead) > 0 && w.cfg.hasDead {
 		w.deadCalls.signal()
 	}
-	if !earliest.IsZero() {
-		w.scheduleRetry(earliest)
-	}
+	w.scheduleRetries(retries)
 	if released && w.cfg.notify {
 		// Other workers may take the handed-back rows at once.
 		if _, err := w.db.exec(w.ioCtx, `SELECT `+notifySQL); err != nil {
@@ -105,43 +103,44 @@ func (w *worker) write(batch []*job) {
 	}
 }
 
-// missedTries is how often a result write is repeated for rows it missed.
-const missedTries = 3
-
-// complete runs completeSQL for the given rows and returns those written.
-// The statement reaches each row by the ctid it saw when it started; a
-// lease renewal that committed meanwhile moves the row to a new ctid, and
-// the statement then misses it. Missed rows are written again, in a new
-// statement; a row still missed after missedTries statements is no longer
-// the worker's.
-func (w *worker) complete(ids []pgtype.UUID, keys []string, attempts []int32, statuses []string, errs []*string,
-	counted []bool, dues []*time.Time) (map[rowID]bool, error) {
+// complete writes results and returns the rows written. One statement
+// reaches each row by its ctid; a lease renewal that committed since the
+// ctid was read has moved the row, and the statement misses it. Each missed
+// row is then written on its own, found by key; a row missed again is no
+// longer the worker's.
+func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, attempts []int32, statuses []string,
+	errs []*string, counted []bool, dues []*time.Time) (map[rowID]bool, error) {
 	written := make(map[rowID]bool, len(ids))
-	for try := 0; try < missedTries && len(ids) > 0; try++ {
-		var got map[rowID]bool
-		err := w.retry(w.ioCtx, "write results", func() error {
-			rows, err := w.db.query(w.ioCtx, completeSQL, ids, keys, attempts, statuses, errs, counted, dues,
-				w.deadBy, pgUUID(w.id))
-			if err != nil {
-				return err
+	err := w.retry(w.ioCtx, "write results", func() error {
+		clear(written)
+		return w.db.tidOnly(w.ioCtx, func(rows pgx.Rows) error {
+			var i int
+			_, err := pgx.ForEachRow(rows, []any{&i}, func() error {
+				written[rowID{ids[i-1].Bytes, keys[i-1]}] = true
+				return nil
+			})
+			return err
+		}, completeSQL, ctids, ids, keys, attempts, statuses, errs, counted, dues, w.deadBy, pgUUID(w.id))
+	})
+	if err != nil {
+		return written, err
+	}
+	for i := range ids {
+		k := rowID{ids[i].Bytes, keys[i]}
+		if written[k] {
+			continue
+		}
+		err := w.retry(w.ioCtx, "write a result", func() error {
+			tag, err := w.db.exec(w.ioCtx, completeOneSQL, ids[i], keys[i], attempts[i], statuses[i], errs[i],
+				counted[i], dues[i], w.deadBy, pgUUID(w.id))
+			if err == nil && tag.RowsAffected() == 1 {
+				written[k] = true
 			}
-			got, err = collectKeys(rows)
 			return err
 		})
 		if err != nil {
 			return written, err
 		}
-		maps.Copy(written, got)
-		n := 0
-		for i := range ids {
-			if got[rowID{ids[i].Bytes, keys[i]}] {
-				continue
-			}
-			ids[n], keys[n], attempts[n], statuses[n], errs[n], counted[n], dues[n] =
-				ids[i], keys[i], attempts[i], statuses[i], errs[i], counted[i], dues[i]
-			n++
-		}
-		ids, keys, attempts, statuses, errs, counted, dues = ids[:n], keys[:n], attempts[:n], statuses[:n], errs[:n], counted[:n], dues[:n]
 	}
 	return written, nil
 }
@@ -165,45 +164,39 @@ func (w *worker) logDead(rec DeadRecord) {
 		"handler_key", rec.HandlerKey, "attempts", rec.Attempts, "error", rec.Err)
 }
 
-func collectKeys(rows pgx.Rows) (map[rowID]bool, error) {
-	keys := make(map[rowID]bool)
-	var id pgtype.UUID
-	var key string
-	_, err := pgx.ForEachRow(rows, []any{&id, &key}, func() error {
-		keys[rowID{id.Bytes, key}] = true
-		return nil
-	})
-	return keys, err
-}
-
 // renewLoop renews the leases the owner hands it, one batch at a time.
 func (w *worker) renewLoop() {
 	defer w.io.Done()
 	for items := range w.renewals {
-		lost, err := w.renew(items)
-		w.send(renewedEv{lost: lost, err: err})
+		renewed, lost, err := w.renew(items)
+		w.send(event{kind: evRenewed, renewed: renewed, lost: lost, err: err})
 	}
 }
 
-// renew extends the leases of items and returns those the worker no longer
-// holds.
-func (w *worker) renew(items []renewItem) ([]renewItem, error) {
+// renew extends the leases of items and returns those renewed, with their
+// new places, and those the worker no longer holds.
+func (w *worker) renew(items []renewItem) ([]renewedRow, []renewItem, error) {
 	ids := make([]pgtype.UUID, len(items))
 	keys := make([]string, len(items))
 	attempts := make([]int32, len(items))
 	for i, it := range items {
 		ids[i], keys[i], attempts[i] = pgUUID(it.id), it.key, int32(it.attempt)
 	}
+	var renewed []renewedRow
 	var lost []renewItem
 	err := w.db.noFlush(w.ioCtx, func(rows pgx.Rows) error {
 		var id pgtype.UUID
-		var it renewItem
-		_, err := pgx.ForEachRow(rows, []any{&id, &it.key, &it.attempt}, func() error {
-			it.id = id.Bytes
-			lost = append(lost, it)
+		var r renewedRow
+		_, err := pgx.ForEachRow(rows, []any{&id, &r.key, &r.attempt, &r.ctid}, func() error {
+			r.id = id.Bytes
+			if r.ctid.Valid {
+				renewed = append(renewed, r)
+			} else {
+				lost = append(lost, r.renewItem)
+			}
 			return nil
 		})
 		return err
 	}, renewSQL, ids, keys, attempts, pgUUID(w.id), w.cfg.lease.Milliseconds())
-	return lost, err
+	return renewed, lost, err
 }

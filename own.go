@@ -1,0 +1,199 @@
+package inbox
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// owner is the state of the owner goroutine: the held rows and what the
+// goroutines around it are doing. Only the owner goroutine touches it.
+type owner struct {
+	w           *worker
+	h           *held
+	minClaim    int
+	planWanted  bool // the claimer waits for a plan
+	stopping    bool // the claimer has stopped: hand back, drain, return
+	writing     bool // the writer has a batch
+	renewing    bool // the renewer has a batch
+	lastRenewed time.Time
+}
+
+// maxEventsPerTurn bounds how many events the owner handles before it
+// starts jobs and hands out work again.
+const maxEventsPerTurn = 64
+
+// own is the owner goroutine: every change of a held row happens here.
+// Each turn it hands out what can be handed out (jobs to free runners, a
+// plan to the claimer, results to an idle writer), then waits for events
+// and handles those waiting, up to maxEventsPerTurn.
+func (w *worker) own() {
+	defer w.owner.Done()
+	defer close(w.ownerDone)
+	defer close(w.jobs)
+	defer close(w.writes)
+	defer close(w.renewals)
+
+	o := &owner{
+		w:           w,
+		h:           newHeld(w.routes.list, w.cfg.concurrency, w.cfg.concurrency+w.cfg.batchSize, w.grace()),
+		minClaim:    max(1, w.cfg.batchSize/2),
+		lastRenewed: time.Now(),
+	}
+	ticker := time.NewTicker(w.cfg.lease / 3)
+	defer ticker.Stop()
+	for {
+		o.handOut()
+		if o.stopping && o.h.idle() && !o.writing {
+			return
+		}
+		select {
+		case ev := <-w.events:
+			o.handle(ev)
+			for range maxEventsPerTurn - 1 {
+				select {
+				case ev := <-w.events:
+					o.handle(ev)
+					continue
+				default:
+				}
+				break
+			}
+		case <-ticker.C:
+			o.watch()
+			o.renew()
+		case <-w.hardStop:
+			for _, j := range o.h.jobs {
+				if j.state == running || j.state == lost {
+					j.cancel(w.stopCause)
+				}
+			}
+			return // Stop waits for nothing more
+		}
+	}
+}
+
+// handOut starts what can start: jobs on free runners, a claim when there
+// is room, a write when the writer is idle. None of the sends blocks.
+func (o *owner) handOut() {
+	w, h := o.w, o.h
+	now := time.Now()
+	for j := h.start(now); j != nil; j = h.start(now) {
+		j.actx = &attemptCtx{Context: w.handlerCtx, owner: w, a: Attempt{
+			EventID: j.id, EventType: j.route.eventType, HandlerKey: j.key, Number: j.attempt,
+			MaxAttempts: j.maxAttempts, Payload: j.payload, StoredAt: j.storedAt, Transactional: j.route.tx != nil}}
+		j.ctx, j.cancel = context.WithCancelCause(j.actx) // registers with no parent
+		w.jobs <- j                                       // at most concurrency jobs are out
+	}
+	if o.planWanted {
+		if p, ok := h.plan(w.cfg.batchSize, o.minClaim); ok {
+			w.plans <- p // the claimer asked once
+			o.planWanted = false
+		}
+	}
+	if !o.writing {
+		if batch := h.takeWrites(); len(batch) > 0 {
+			w.writes <- batch // the writer is idle
+			o.writing = true
+		}
+	}
+}
+
+// handle applies one event to the held rows.
+func (o *owner) handle(ev event) {
+	w, h := o.w, o.h
+	switch ev.kind {
+	case evClaimed:
+		h.add(ev.jobs)
+	case evWantPlan:
+		o.planWanted = true
+	case evClaimerDone:
+		o.stopping = true
+		h.release()
+	case evResult:
+		h.finish(ev.job, ev.res)
+	case evWritten:
+		o.writing = false
+		h.written(ev.jobs)
+	case evRenewed:
+		o.renewing = false
+		if ev.err != nil {
+			w.report(fmt.Errorf("inbox: renew leases: %w", ev.err))
+			if time.Since(o.lastRenewed) >= w.cfg.lease*2/3 {
+				cancel, n := h.loseAll()
+				w.cancelLost(cancel, "renewals failed for too long")
+				if n > 0 {
+					w.report(fmt.Errorf("%w: leases of %d rows could not be renewed in time; they will be retried", ErrLeaseLost, n))
+				}
+			}
+			return
+		}
+		o.lastRenewed = time.Now()
+		h.moved(ev.renewed)
+		if cancel, n := h.lose(ev.lost); n > 0 {
+			w.cancelLost(cancel, "taken over")
+			w.report(fmt.Errorf("%w: %d rows were taken over by another worker or removed", ErrLeaseLost, n))
+		}
+	}
+}
+
+// watch abandons the handlers that ignore their contexts: those running a
+// grace period past their timeout, or past the moment the owner cancelled
+// them. Each such attempt fails, and a new runner takes the place of the
+// one stuck in the handler; that one exits when the handler returns.
+func (o *owner) watch() {
+	w := o.w
+	now := time.Now()
+	for _, j := range o.h.jobs {
+		var err error
+		switch {
+		case j.state == running && now.After(j.deadline):
+			err = fmt.Errorf("%w after %v: handler did not return within %v of its context ending",
+				ErrHandlerTimeout, j.route.timeout, w.grace())
+		case j.state == lost && now.After(j.lostAt.Add(w.grace())):
+			err = fmt.Errorf("%w: handler did not return within %v of its context ending", ErrLeaseLost, w.grace())
+		default:
+			continue
+		}
+		if !j.run.CompareAndSwap(jobRunning, jobAbandoned) {
+			continue // it returned: its result is on its way
+		}
+		w.log.Warn("inbox: handler ignores its context; abandoning it", "event_id", j.id, "handler_key", j.key)
+		w.runners.Add(1)
+		go w.runLoop()
+		e, text := compact(err)
+		o.h.finish(j, result{kind: resFailed, err: e, text: text})
+	}
+}
+
+// renew hands the renewer the leases to renew, unless it is still busy
+// with the last ones.
+func (o *owner) renew() {
+	if o.renewing {
+		return
+	}
+	now := time.Now()
+	jobs := o.h.renewals(now)
+	if len(jobs) == 0 {
+		o.lastRenewed = now
+		return
+	}
+	items := make([]renewItem, len(jobs))
+	for i, j := range jobs {
+		items[i] = renewItem{j.rowID, j.attempt}
+	}
+	o.w.renewals <- items // the renewer is idle
+	o.renewing = true
+}
+
+// cancelLost cancels the handlers of rows whose leases were lost; watch
+// abandons those that do not return within the grace period.
+func (w *worker) cancelLost(jobs []*job, why string) {
+	now := time.Now()
+	for _, j := range jobs {
+		j.cancel(ErrLeaseLost)
+		j.lostAt = now
+		w.log.Warn("inbox: lease lost; cancelling the handler", "event_id", j.id, "handler_key", j.key,
+			"attempt", j.attempt, "reason", why)
+	}
+}
