@@ -82,8 +82,8 @@ type job struct {
 	ctid pgtype.TID
 
 	state    jobState
-	deadline time.Time // running: leases are renewed, and the handler waited for, until then
-	lostAt   time.Time // lost: when its handler was cancelled
+	deadline time.Time   // running: leases are renewed, and the handler waited for, until then
+	lostAt   time.Time   // lost: when its handler was cancelled
 	actx     *attemptCtx // the root of ctx, with the attempt
 	ctx      context.Context
 	cancel   context.CancelCauseFunc

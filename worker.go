@@ -82,13 +82,13 @@ type worker struct {
 // event is a message to the owner: one struct, not an interface, so that
 // sending one allocates nothing.
 type event struct {
-	kind eventKind
-	jobs []*job // claimed, written
-	job  *job   // result
-	res  result // result
-	renewed   []renewedRow // renewed
-	lost      []renewItem  // renewed: rows no longer held
-	err       error        // renewed: the renewal failed
+	kind    eventKind
+	jobs    []*job       // claimed, written
+	job     *job         // result
+	res     result       // result
+	renewed []renewedRow // renewed
+	lost    []renewItem  // renewed: rows no longer held
+	err     error        // renewed: the renewal failed
 }
 
 type eventKind uint8
