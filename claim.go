@@ -22,13 +22,16 @@ func init() { claimBudget.Store(64 << 20) }
 const lostAttemptText = "lease expired before a result was written (worker stopped or lost the database)"
 
 // claimLoop claims rows whenever the owner has room for them, polling when
-// there is nothing to claim. It stops between claims, never during one.
+// there is nothing to claim. It stops between claims, never during one. It
+// gets the owner's plan for the next claim before it goes idle, so that a
+// notification is answered by a claim at once.
 func (w *worker) claimLoop() {
 	defer w.claimer.Done()
 	defer w.send(event{kind: evClaimerDone})
 	failures := 0
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	more := true // at start, claim at once
 	for {
 		w.send(event{kind: evWantPlan})
 		var plan claimPlan
@@ -37,6 +40,10 @@ func (w *worker) claimLoop() {
 		case <-w.stopClaims:
 			return
 		case <-w.hardStop:
+			return
+		}
+		// Room only grows while the claimer idles: the plan stays safe.
+		if !more && !w.idle(timer) {
 			return
 		}
 		locked, err := w.claim(plan)
@@ -49,15 +56,11 @@ func (w *worker) claimLoop() {
 			if !sleep(retryDelay(failures, 100*time.Millisecond, 5*time.Second, rand.Float64()), w.stopClaims) {
 				return
 			}
+			more = true
 			continue
 		}
 		failures = 0
-		if locked == plan.n {
-			continue // more may be due: claim again at once
-		}
-		if !w.idle(timer) {
-			return
-		}
+		more = locked == plan.n // more may be due: claim again at once
 	}
 }
 

@@ -69,7 +69,8 @@ const probeSQL = `SELECT pg_notify(` + channelExpr + `, $1) IS NOT NULL`
 // and every pair compared.
 const tidOnlySQL = `SELECT set_config('enable_seqscan', 'off', true), set_config('enable_indexscan', 'off', true),
        set_config('enable_bitmapscan', 'off', true), set_config('enable_hashjoin', 'off', true),
-       set_config('enable_mergejoin', 'off', true), set_config('jit', 'off', true)`
+       set_config('enable_mergejoin', 'off', true), set_config('jit', 'off', true),
+       set_config('plan_cache_mode', 'force_generic_plan', true)`
 
 // noFlushSQL makes the transaction it runs in commit without waiting for
 // the WAL flush, and take the plan its statements were written for,
@@ -82,9 +83,11 @@ const tidOnlySQL = `SELECT set_config('enable_seqscan', 'off', true), set_config
 // autoanalyze), it would otherwise sort every due row. The few sorts that
 // remain (of the rows claimed) carry the planner's penalty for disabled
 // nodes, which would push the plan's cost over jit_above_cost and spend
-// half a second compiling it: JIT is off.
+// half a second compiling it: JIT is off. With the plan fixed, a prepared
+// statement is planned once, not at every run (plan_cache_mode).
 const noFlushSQL = `SELECT set_config('synchronous_commit', 'off', true),
-       set_config('enable_sort', 'off', true), set_config('jit', 'off', true)`
+       set_config('enable_sort', 'off', true), set_config('jit', 'off', true),
+       set_config('plan_cache_mode', 'force_generic_plan', true)`
 
 // claimSQL locks up to $3 due rows of the registered (event type, handler
 // key) pairs $1, $2, oldest due first, skipping rows other workers hold,
