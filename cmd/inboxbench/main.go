@@ -36,6 +36,27 @@
 //	       both plans. Target: the library drains the fresh table at
 //	       >= 0.80x its rate after ANALYZE (its claim's plan does not
 //	       depend on statistics).
+//	Retention
+//	       what a done row costs before and after retention erased its
+//	       payload, what retention costs, and whether redelivery is still
+//	       caught. For payloads of 64 B, 1 KiB and 16 KiB of random bytes
+//	       (64 B and 16 KiB at -size small), 200,000 events with one
+//	       handler (20,000 and 5,000 at -size small) are Set and drained;
+//	       updated_at is moved 10 days back; an Inbox with
+//	       WithRetention(20ms, 60) and WithPayloadRetention(7) runs until
+//	       inbox_maintenance records one retention run. Prints bytes per
+//	       event (pg_total_relation_size: heap, TOAST, indexes) before the
+//	       erasure after VACUUM FULL, right after it, after VACUUM and after
+//	       VACUUM FULL, the average whole-row size, and the run's time and
+//	       PostgreSQL CPU per payload erased. Then 1,000 of the events are
+//	       Set again (same ids and payloads: all duplicates, no handler
+//	       runs, no row changes) and 10 with another payload (conflicting:
+//	       the stored hash still tells them apart); then updated_at moves
+//	       70 days back and a second run must delete every row (time and
+//	       CPU per row deleted). Floor: W1's minimal table with the same
+//	       payloads, erased by one UPDATE and emptied by one DELETE.
+//	       Target: <= 250 B per event after erasure, compacted. Each case
+//	       runs once unless -reps is given.
 //
 // Method: every figure is the median, printed with its min–max range, of
 // several repetitions in which the library's and the floors' runs take
@@ -49,7 +70,7 @@
 //
 // Usage:
 //
-//	go run ./cmd/inboxbench [-size small|full] [-reps N] [-only W1,W1b,W2,W3,Idle,Burst] [-url URL]
+//	go run ./cmd/inboxbench [-size small|full] [-reps N] [-only W1,W1b,W2,W3,Idle,Burst,Retention] [-url URL]
 //
 // -size small finishes in about a minute (for CI); -size full is the real
 // measurement and takes a quarter of an hour or more. -url names a
@@ -83,25 +104,28 @@ import (
 // size holds the event counts and windows of one -size.
 type size struct {
 	name       string
-	reps       int           // repetitions of each measurement (-reps overrides)
-	w1         []int         // W1 drain sizes; the first is the reference
-	w1b        int           // W1b: sequential one-event Sets
-	w2         int           // W2: events sent 20 ms apart
-	w3         int           // W3: events drained by 1 and by 4 processes
-	burst      int           // Burst: events, each stored for 3 handlers
-	idleRows   int           // Idle: done rows kept in the table
-	idleWindow time.Duration // Idle: measurement window
+	reps       int             // repetitions of each measurement (-reps overrides)
+	w1         []int           // W1 drain sizes; the first is the reference
+	w1b        int             // W1b: sequential one-event Sets
+	w2         int             // W2: events sent 20 ms apart
+	w3         int             // W3: events drained by 1 and by 4 processes
+	burst      int             // Burst: events, each stored for 3 handlers
+	idleRows   int             // Idle: done rows kept in the table
+	idleWindow time.Duration   // Idle: measurement window
+	retention  []retentionCase // Retention: payload sizes and events
 }
 
 var sizes = map[string]size{
 	"small": {name: "small", reps: 3, w1: []int{20_000}, w1b: 300, w2: 50, w3: 10_000, burst: 5_000,
-		idleRows: 100_000, idleWindow: 2 * time.Second},
+		idleRows: 100_000, idleWindow: 2 * time.Second,
+		retention: []retentionCase{{64, 20_000}, {16 << 10, 5_000}}},
 	"full": {name: "full", reps: 5, w1: []int{20_000, 100_000, 1_000_000}, w1b: 2_000, w2: 200, w3: 100_000, burst: 60_000,
-		idleRows: 1_000_000, idleWindow: 10 * time.Second},
+		idleRows: 1_000_000, idleWindow: 10 * time.Second,
+		retention: []retentionCase{{64, 200_000}, {1 << 10, 200_000}, {16 << 10, 200_000}}},
 }
 
 // workloads in the order they run.
-var workloads = []string{"W1", "W1b", "W2", "W3", "Idle", "Burst"}
+var workloads = []string{"W1", "W1b", "W2", "W3", "Idle", "Burst", "Retention"}
 
 const (
 	libSchema   = "bench_lib"
@@ -131,7 +155,7 @@ func main() {
 	reps := flag.Int("reps", 0, "repetitions of each measurement (default 5 at -size full, 3 at -size small)")
 	serverURL := flag.String("url", "", "PostgreSQL server URL to create the benchmark database on (default: pgserver.Find)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: inboxbench [-size small|full] [-reps N] [-only W1,W1b,W2,W3,Idle,Burst] [-url URL]\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: inboxbench [-size small|full] [-reps N] [-only %s] [-url URL]\n", strings.Join(workloads, ","))
 		flag.VisitAll(func(f *flag.Flag) {
 			if !strings.HasPrefix(f.Name, "worker") {
 				fmt.Fprintf(flag.CommandLine.Output(), "  -%s\t%s (default %q)\n", f.Name, f.Usage, f.DefValue)
@@ -248,7 +272,7 @@ func run(ctx context.Context, sz size, reps int, selected []string, serverURL st
 		host, numCPU(), loadAvg(), b.lib.Config().MaxConns)
 	b.printf("method: schema %s holds the library's table, schema %s the same-shape floors' (same migration), %s\n"+
 		"  the minimal floor's; tables are truncated between runs; after each bulk load VACUUM ANALYZE runs (as caught-up\n"+
-		"  autovacuum would)%s, except in Burst; each figure is the median (min–max) of %d repetitions (-reps) in which\n"+
+		"  autovacuum would)%s, except in Burst and Retention; each figure is the median (min–max) of %d repetitions (-reps) in which\n"+
 		"  library and floor runs take turns; ratios are ratios of medians.\n",
 		libSchema, floorSchema, minSchema, map[bool]string{true: " and a CHECKPOINT", false: " (CHECKPOINT not permitted)"}[b.canCkpt], b.reps)
 
@@ -272,6 +296,8 @@ func run(ctx context.Context, sz size, reps int, selected []string, serverURL st
 			werr = b.idle(ctx)
 		case "Burst":
 			werr = b.burst(ctx)
+		case "Retention":
+			werr = b.retention(ctx)
 		}
 		if werr != nil {
 			return 1, fmt.Errorf("%s: %w", w, werr)
