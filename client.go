@@ -322,29 +322,26 @@ func (c *Client) insert(ctx context.Context, q querier, rows []setRow) error {
 		ids[i], keys[i], types[i] = pgUUID(r.id), r.route.key, r.route.eventType
 		payloads[i], hashes[i], limits[i], dates[i] = r.payload, r.hash, int32(r.route.maxAttempts), r.date
 	}
-	var inserted int
-	var insIDs []pgtype.UUID
-	var insKeys []string
-	var notified bool
-	err := scanOne(q.Query(ctx, setSQL, c.db.args([]any{ids, keys, types, payloads, hashes, limits, dates, n, c.notify})...))(
-		&inserted, &insIDs, &insKeys, &notified)
+	res, err := q.Query(ctx, setSQL, c.db.args([]any{ids, keys, types, payloads, hashes, limits, dates, c.notify})...)
 	if err != nil {
 		return err
 	}
-	if inserted == n {
-		for i := range rows {
-			rows[i].inserted = true
+	// The inserted rows come back in the order they were sent: each is
+	// found by walking the rows forward.
+	var id pgtype.UUID
+	var key pgtype.DriverBytes
+	var ignored bool
+	next := 0
+	_, err = pgx.ForEachRow(res, []any{&id, &key, &ignored}, func() error {
+		for i := next; i < len(rows); i++ {
+			if rows[i].id == id.Bytes && rows[i].route.key == string(key) {
+				rows[i].inserted, next = true, i+1
+				return nil
+			}
 		}
-		return nil
-	}
-	got := make(map[rowID]bool, len(insIDs))
-	for i := range insIDs {
-		got[rowID{insIDs[i].Bytes, insKeys[i]}] = true
-	}
-	for i := range rows {
-		rows[i].inserted = got[rowID{rows[i].id, rows[i].route.key}]
-	}
-	return nil
+		return fmt.Errorf("inbox: set: the database returned a row that was not sent (%s, %q)", uuid.UUID(id.Bytes), key)
+	})
+	return err
 }
 
 // compare reads the stored hashes of the rows that were not inserted and
@@ -377,6 +374,9 @@ func (c *Client) compare(ctx context.Context, q querier, rows []setRow) error {
 
 // conflictingIDs lists the ids of conflicting records, in call order.
 func (p *setPlan) conflictingIDs() []uuid.UUID {
+	if !slices.Contains(p.conflict, true) && !slices.ContainsFunc(p.rows, func(r setRow) bool { return r.conflicting }) {
+		return nil
+	}
 	bad := slices.Clone(p.conflict)
 	for _, r := range p.rows {
 		if r.conflicting {

@@ -15,24 +15,15 @@ package inbox
 // them in order), so concurrent Sets with overlapping rows always lock in
 // the same order and cannot deadlock.
 //
-// It returns the number of rows inserted and, only when that is fewer than
-// $8 (some rows existed), which rows were inserted. When asked to ($9) and
-// a row was inserted, it notifies idle workers once; the notification is
-// delivered at commit.
+// It returns the rows it inserted. When asked to ($8), each inserted row
+// notifies idle workers: PostgreSQL folds the identical notifications of a
+// transaction into one, delivered at commit, and sends none when nothing
+// was inserted.
 var setSQL = `
-WITH ins AS (
-    INSERT INTO inbox_records (event_id, handler_key, event_type, payload, payload_hash, max_attempts, event_date)
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int4[], $7::timestamptz[])
-    ON CONFLICT (event_id, handler_key) DO NOTHING
-    RETURNING event_id, handler_key
-), n AS (
-    SELECT count(*) AS n FROM ins
-)
-SELECT n.n,
-       CASE WHEN n.n < $8 THEN (SELECT array_agg(event_id) FROM ins) END,
-       CASE WHEN n.n < $8 THEN (SELECT array_agg(handler_key) FROM ins) END,
-       CASE WHEN $9::bool AND n.n > 0 THEN ` + notifySQL + ` END IS NOT NULL
-FROM n`
+INSERT INTO inbox_records (event_id, handler_key, event_type, payload, payload_hash, max_attempts, event_date)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int4[], $7::timestamptz[])
+ON CONFLICT (event_id, handler_key) DO NOTHING
+RETURNING event_id, handler_key, CASE WHEN $8::bool THEN ` + notifySQL + ` END IS NULL`
 
 // existingSQL returns the stored payload hash of each of the given rows
 // that exists, by the rows' position in the arrays (from 1). It runs after
