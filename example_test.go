@@ -200,3 +200,87 @@ func ExampleClient_Set_unknownEventType() {
 	// inbox: no handler registered for event type: "order_shipped" (1); nothing was stored. Register a handler with Registry.On, or pass WithUnknownEventTypes(SkipUnknown) to skip such records
 	// rows stored: 0
 }
+
+// Middleware wraps every handler run: here it logs each attempt with the
+// event id, the handler key and the outcome. Handlers decide outcomes
+// through error values: Discard makes a row dead at once.
+func ExampleWithMiddleware() {
+	ctx := context.Background()
+	pool := examplePool()
+	defer pool.Close()
+
+	var mu sync.Mutex
+	var log []string
+	logging := func(ctx context.Context, a inbox.Attempt, next func(context.Context) error) error {
+		err := next(ctx)
+		mu.Lock()
+		log = append(log, fmt.Sprintf("%s attempt %d of %d: %v", a.HandlerKey, a.Number, a.MaxAttempts, err))
+		mu.Unlock()
+		return err
+	}
+	registry := inbox.NewRegistry()
+	registry.On("invoice", inbox.HandlerFunc("archive", func(context.Context, []byte) error { return nil }))
+	// A handler with settings of its own; they survive any wrapping.
+	registry.Handle("invoice", inbox.HandlerFunc("validate", func(_ context.Context, payload []byte) error {
+		if len(payload) == 0 {
+			return inbox.Discard(errors.New("empty invoice")) // no retry can fix it
+		}
+		return nil
+	}), inbox.HandlerMaxAttempts(3), inbox.HandlerTimeout(time.Second))
+
+	ib, err := inbox.New(pool, registry, inbox.WithMiddleware(logging), inbox.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := ib.Start(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer ib.Stop(ctx)
+	rec, _ := inbox.NewRecord(uuid.New(), "invoice", nil)
+	if err := ib.Client().Set(ctx, rec); err != nil {
+		fmt.Println(err)
+		return
+	}
+	waitIdle(ib)
+	mu.Lock()
+	sort.Strings(log)
+	for _, l := range log {
+		fmt.Println(l)
+	}
+	mu.Unlock()
+	// Output:
+	// archive attempt 1 of 5: <nil>
+	// validate attempt 1 of 3: discarded: empty invoice
+}
+
+// SetWithResult says what a Set did with each record, without another
+// query: a consumer can count redeliveries, or spot a producer that reuses
+// event ids with different contents.
+func ExampleClient_SetWithResult() {
+	ctx := context.Background()
+	pool := examplePool()
+	defer pool.Close()
+	if err := inbox.Migrate(ctx, pool); err != nil {
+		fmt.Println(err)
+		return
+	}
+	registry := inbox.NewRegistry()
+	registry.On("order_created", inbox.HandlerFunc("h", func(context.Context, []byte) error { return nil }))
+	ib, _ := inbox.New(pool, registry, inbox.WithLogger(slog.New(slog.DiscardHandler)))
+
+	id := uuid.New()
+	first, _ := inbox.NewRecord(id, "order_created", []byte(`{"qty":1}`))
+	again, _ := inbox.NewRecord(id, "order_created", []byte(`{"qty":1}`))
+	changed, _ := inbox.NewRecord(id, "order_created", []byte(`{"qty":2}`))
+	other, _ := inbox.NewRecord(uuid.New(), "order_created", []byte(`{"qty":5}`))
+
+	res, _ := ib.Client().SetWithResult(ctx, first)
+	fmt.Printf("new %d, duplicates %d, conflicting %d\n", res.New, res.Duplicates, res.Conflicting)
+	res, _ = ib.Client().SetWithResult(ctx, again, changed, other)
+	fmt.Printf("new %d, duplicates %d, conflicting %d\n", res.New, res.Duplicates, res.Conflicting)
+	// Output:
+	// new 1, duplicates 0, conflicting 0
+	// new 1, duplicates 1, conflicting 1
+}

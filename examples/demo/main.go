@@ -4,11 +4,14 @@
 //
 // A simulated broker consumer delivers 500 "order_created" events in
 // batches, with redeliveries of events it has already delivered, and stores
-// each batch with Client.Set before it would acknowledge it. Three handlers
-// process every order: reserve_stock always succeeds, send_email fails the
-// first attempt or two of 40 % of the orders, and export_erp rejects every
-// 50th order until that row is dead. A live table shows the rows move; at the
-// end the demo prints what each handler did and stops the inbox gracefully.
+// each batch with Client.SetWithResult before it would acknowledge it; the
+// result says how many records were duplicates. Three handlers process every
+// order: reserve_stock always succeeds, send_email fails the first attempt or
+// two of 40 % of the orders (it has 5 attempts of its own, set at
+// registration), and export_erp discards every 50th order (inbox.Discard:
+// dead at once, no retries). A middleware counts the failed attempts. A live
+// table shows the rows move; at the end the demo prints what each handler
+// did and stops the inbox gracefully.
 //
 // PostgreSQL is found or started the way the tests do it (see
 // internal/pgserver): INBOX_TEST_DATABASE_URL, else Docker, else the local
@@ -96,11 +99,8 @@ func run(ctx context.Context) error {
 func demo(ctx context.Context, pool *pgxpool.Pool) error {
 	var failedAttempts, deadCallbacks atomic.Int64
 	reg := inbox.NewRegistry()
-	reg.On(eventType,
-		counted(&failedAttempts, reserveStock()),
-		counted(&failedAttempts, sendEmail()),
-		counted(&failedAttempts, exportERP()),
-	)
+	reg.On(eventType, reserveStock(), exportERP())
+	reg.Handle(eventType, sendEmail(), inbox.HandlerMaxAttempts(5), inbox.HandlerTimeout(2*time.Second))
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{
 		Level: slog.LevelWarn,
 		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
@@ -117,6 +117,7 @@ func demo(ctx context.Context, pool *pgxpool.Pool) error {
 		inbox.WithLease(2*time.Second),
 		inbox.WithLogger(logger),
 		inbox.OnDeadCallback(func(context.Context, inbox.DeadRecord) { deadCallbacks.Add(1) }),
+		inbox.WithMiddleware(countFailures(&failedAttempts)),
 	)
 	if err != nil {
 		return err
@@ -135,8 +136,8 @@ func demo(ctx context.Context, pool *pgxpool.Pool) error {
 		orders, batchNew, batchDup)
 	fmt.Println("Warnings from the inbox's logger (rows that went dead) go to stderr.")
 	fmt.Println()
-	fmt.Println("received:   records passed to Client.Set, redeliveries included")
-	fmt.Println("duplicates: received minus distinct orders stored (ignored by Set)")
+	fmt.Println("received:   records passed to Client.SetWithResult, redeliveries included")
+	fmt.Println("duplicates: records SetWithResult reported as duplicates (stored before, ignored)")
 	fmt.Println("queued .. dead: rows per status, from Inbox.Counts")
 	fmt.Println()
 	fmt.Println("elapsed  received  duplicates │ queued  running  retrying  done  dead │ failed attempts  dead callbacks")
@@ -145,9 +146,9 @@ func demo(ctx context.Context, pool *pgxpool.Pool) error {
 	consumed := make(chan error, 1)
 	go func() { consumed <- b.consume(ctx, ib.Client()) }()
 
-	line := func(elapsed time.Duration, sent, stored int, c map[inbox.Status]int) {
+	line := func(elapsed time.Duration, sent, duplicates int, c map[inbox.Status]int) {
 		fmt.Printf("%6.1fs  %8d  %10d │ %6d  %7d  %8d  %4d  %4d │ %15d  %14d\n",
-			elapsed.Seconds(), sent, sent-stored, c[inbox.Null], c[inbox.Progress], c[inbox.Failed],
+			elapsed.Seconds(), sent, duplicates, c[inbox.Null], c[inbox.Progress], c[inbox.Failed],
 			c[inbox.Done], c[inbox.Dead], failedAttempts.Load(), deadCallbacks.Load())
 	}
 	begin := time.Now()
@@ -169,14 +170,14 @@ func demo(ctx context.Context, pool *pgxpool.Pool) error {
 			continue
 		case <-tick.C:
 		}
-		sent, counts, err := b.snapshot(ctx, ib)
+		sent, duplicates, counts, err := b.snapshot(ctx, ib)
 		if err != nil {
 			return err
 		}
 		if !delivering && counts[inbox.Null]+counts[inbox.Progress]+counts[inbox.Failed] == 0 {
 			break // every row is done or dead
 		}
-		line(time.Since(begin), sent, storedOrders(counts), counts)
+		line(time.Since(begin), sent, duplicates, counts)
 		if time.Since(begin) > giveUpAfter {
 			return fmt.Errorf("rows still due after %v: %v", giveUpAfter, counts)
 		}
@@ -187,13 +188,13 @@ func demo(ctx context.Context, pool *pgxpool.Pool) error {
 	if err := stopInbox(); err != nil {
 		return fmt.Errorf("stop: %w", err)
 	}
-	sent, counts, err := b.snapshot(ctx, ib)
+	sent, duplicates, counts, err := b.snapshot(ctx, ib)
 	if err != nil {
 		return err
 	}
-	line(time.Since(begin), sent, storedOrders(counts), counts)
+	line(time.Since(begin), sent, duplicates, counts)
 	fmt.Printf("\nAll rows finished and the inbox stopped: %d records received, %d orders stored, %d duplicates ignored.\n\n",
-		sent, storedOrders(counts), sent-storedOrders(counts))
+		sent, storedOrders(counts), duplicates)
 	return printPerHandler(ctx, ib, b.ids)
 }
 
@@ -248,9 +249,10 @@ func printPerHandler(ctx context.Context, ib *inbox.Inbox, ids []uuid.UUID) erro
 
 // broker simulates a consumer of a message broker that redelivers messages.
 type broker struct {
-	mu   sync.Mutex  // held across Set, so snapshot sees sent and rows agree
-	sent int         // records stored with Set, duplicates included
-	ids  []uuid.UUID // distinct orders stored
+	mu         sync.Mutex  // held across Set, so snapshot sees sent and rows agree
+	sent       int         // records stored with Set, duplicates included
+	duplicates int         // records Set found stored already
+	ids        []uuid.UUID // distinct orders stored
 }
 
 // consume receives a batch every batchEvery until every order was
@@ -285,9 +287,10 @@ func (b *broker) consume(ctx context.Context, client *inbox.Client) error {
 		rng.Shuffle(len(batch), func(i, j int) { batch[i], batch[j] = batch[j], batch[i] })
 
 		b.mu.Lock()
-		err := client.Set(ctx, batch...)
+		res, err := client.SetWithResult(ctx, batch...)
 		if err == nil {
 			b.sent += len(batch)
+			b.duplicates += res.Duplicates
 			for _, rec := range delivered[len(delivered)-batchNew:] {
 				b.ids = append(b.ids, rec.ID())
 			}
@@ -300,12 +303,13 @@ func (b *broker) consume(ctx context.Context, client *inbox.Client) error {
 	return nil
 }
 
-// snapshot returns the records sent so far and the row counts, consistently.
-func (b *broker) snapshot(ctx context.Context, ib *inbox.Inbox) (int, map[inbox.Status]int, error) {
+// snapshot returns the records sent and found duplicate so far and the row
+// counts, consistently.
+func (b *broker) snapshot(ctx context.Context, ib *inbox.Inbox) (int, int, map[inbox.Status]int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	counts, err := ib.Counts(ctx)
-	return b.sent, counts, err
+	return b.sent, b.duplicates, counts, err
 }
 
 // order is the event payload.
@@ -364,27 +368,29 @@ func sendEmail() inbox.Handler {
 	})
 }
 
-// exportERP rejects every 50th order, every time: those rows go dead.
+// exportERP discards every 50th order: retrying cannot help an unknown
+// customer, so those rows go dead after their first attempt.
 func exportERP() inbox.Handler {
 	return inbox.HandlerFunc("export_erp", func(ctx context.Context, payload []byte) error {
 		n, err := parse(payload)
 		if err != nil {
-			return err
+			return inbox.Discard(err)
 		}
 		if n%50 == 0 {
-			return fmt.Errorf("ERP rejected order %d: unknown customer", n)
+			return inbox.Discard(fmt.Errorf("ERP rejected order %d: unknown customer", n))
 		}
 		return work(ctx)
 	})
 }
 
-// counted wraps h to count its failed attempts.
-func counted(failed *atomic.Int64, h inbox.Handler) inbox.Handler {
-	return inbox.HandlerFunc(h.Key(), func(ctx context.Context, payload []byte) error {
-		err := h.Process(ctx, payload)
+// countFailures is a middleware that counts failed attempts, of every
+// handler.
+func countFailures(failed *atomic.Int64) inbox.Middleware {
+	return func(ctx context.Context, _ inbox.Attempt, next func(context.Context) error) error {
+		err := next(ctx)
 		if err != nil {
 			failed.Add(1)
 		}
 		return err
-	})
+	}
 }
