@@ -21,8 +21,12 @@
 //   - A [TxHandler]'s writes to the inbox's database take effect exactly
 //     once: they commit in the transaction that marks the row done.
 //   - While a worker holds a row's lease, no other worker runs that row.
-//   - Deduplication lasts as long as rows are kept: retention erases done
-//     and dead rows after the retention window ([WithRetention]).
+//   - Concurrent Sets never deadlock, whatever their overlap: rows are
+//     written in one global order.
+//   - Deduplication lasts as long as rows are kept (the dedup window,
+//     [WithRetention], 60 days by default). Payloads go earlier (the
+//     payload window, [WithPayloadRetention], 7 days): the row stays, with
+//     a hash of what was stored, so a redelivery is still a duplicate.
 //   - Rows are claimed roughly oldest first; there is no ordering guarantee
 //     between events.
 //
@@ -33,6 +37,9 @@
 //		inbox.HandlerFunc("reserve_stock", reserve),
 //		inbox.HandlerFunc("send_email", email),
 //	)
+//	// A handler with settings of its own.
+//	registry.Handle("order_created", inbox.HandlerFunc("export", export),
+//		inbox.HandlerTimeout(time.Minute), inbox.HandlerMaxAttempts(20), inbox.HandlerConcurrency(4))
 //	ib, err := inbox.New(pool, registry, inbox.OnDeadCallback(alert))
 //	if err != nil { ... }
 //	if err := ib.Start(ctx); err != nil { ... } // migrates, then runs workers
@@ -44,6 +51,34 @@
 //	if err := ib.Client().Set(ctx, rec); err != nil { ... } // do not ack
 //	msg.Ack()
 //
+// [Client.SetWithResult] also says how many records were new, duplicates,
+// conflicting duplicates (an id stored before with another payload or event
+// type) or skipped. [Client.SetTx] stores records in the caller's own
+// transaction.
+//
+// # Handlers
+//
+// A handler's own settings are given when it is registered, with
+// [Registry.Handle] and [HandlerOption]s: [HandlerTimeout],
+// [HandlerMaxAttempts], [HandlerBackoff] and [HandlerConcurrency] (the most
+// runs of that handler at once in one Inbox). They belong to the
+// registration, so wrapping a handler loses none of them; a Timeout
+// method on the handler still works. Each row stores its attempt limit when
+// it is stored, so every worker applies the same one.
+//
+// A handler chooses its outcome through the error it returns: nil marks the
+// row done; [Discard] makes it dead at once; [RetryAfter] makes it due
+// again after a pause without counting the attempt; any other error (or a
+// panic, recovered as a [*PanicError], or running past the timeout) fails
+// the attempt, which is retried after a backoff until the row's attempts
+// are used up. Error texts are stored bounded to [MaxErrorLength] bytes,
+// keeping their start and end.
+//
+// [Middleware] given with [WithMiddleware] wraps every handler run, for
+// logging, metrics or tracing: it sees the [Attempt] (event id, type,
+// handler key, attempt number, payload) and cannot break a TxHandler's
+// guarantee. A handler finds its attempt with [AttemptFromContext].
+//
 // # Processing
 //
 // Each worker claims up to [WithBatchSize] due rows in one statement, with
@@ -51,29 +86,63 @@
 // own registry has, so separate fleets may serve separate event types from
 // one table. A claim leases the rows to the worker and counts an attempt.
 // Up to [WithConcurrency] handlers run at once, each with a context that
-// ends at its timeout ([WithHandlerTimeout], or the handler's own
-// Timeout() time.Duration method). Results are written in set-based
-// statements, each guarded by the lease, so a late writer never overwrites
-// a newer attempt.
+// ends at its timeout. Results are written in set-based statements, each
+// guarded by the lease, so a late writer never overwrites a newer attempt.
+// The claim and the result write are pinned to the plans they were written
+// for (an index walk in due order, a TID fetch per row), whatever the
+// table's statistics say.
 //
 // While a row is held its lease is renewed every third of [WithLease]. A
-// worker that cannot renew cancels its handlers' contexts before the lease
-// runs out. A failed attempt is retried after a backoff ([WithRetryBackoff]);
-// after [WithMaxRetryAttempt] attempts the row is [Dead] and the
-// [DeadCallback] fires. An attempt whose worker died counts too, so an
-// event that crashes its worker every time ends dead, not in a loop.
+// worker that cannot renew cancels its handlers' contexts (with
+// [ErrLeaseLost] as the cause) before the lease runs out. An attempt whose
+// worker died counts too, so an event that crashes its worker every time
+// ends dead, not in a loop.
+//
+// The dead callback ([OnDeadCallback]) and the error callback
+// ([OnErrorCallback]) run in goroutines of their own: a callback that
+// blocks delays later callbacks only, a panic is recovered and logged. Each
+// dead row records which worker owes its callback, so memory stays bounded
+// however many rows die at once, and a callback owed by a process that
+// stopped or crashed is delivered by another running Inbox.
 //
 // Committed Sets wake idle workers through LISTEN/NOTIFY on a channel named
 // after the table's schema; polling every [WithIterationRate] (with jitter,
-// [WithIterationSeed]) remains the fallback. Use [WithoutNotify] behind a
-// transaction-mode connection pooler, which cannot LISTEN.
+// [WithIterationSeed]) remains the fallback.
+//
+// [Inbox.Stop] stops claiming, hands back the rows not yet started, waits
+// for the running handlers, writes their results and delivers the dead
+// callbacks still owed. Called from one of the Inbox's own handlers or
+// callbacks it returns [ErrStopInHandler] instead of waiting for itself.
+//
+// # Connection poolers
+//
+// Behind PgBouncer in transaction mode (or a pooler like it):
+//
+//   - pass [WithTransactionPooler] to New: the inbox then uses no named
+//     prepared statements, whatever the pool's DefaultQueryExecMode (every
+//     pgx exec mode works);
+//   - for wakeups, give a direct connection with [WithListenConfig] (Set's
+//     notifications, sent through the pooler, reach it), or use
+//     [WithoutNotify] to poll; without either, the inbox finds that LISTEN
+//     receives nothing, logs a warning and polls;
+//   - [Migrate] needs nothing: it uses no prepared statements and takes a
+//     lease row ([LockTable]) instead of a session advisory lock;
+//   - PgBouncer 1.18 refuses a search_path startup parameter: keep the
+//     inbox in the role's default schema, or set search_path for the role
+//     (ALTER ROLE ... SET search_path).
+//
+// Your own queries behind the pooler (TxHandlers included) need an exec
+// mode that works there too, such as pgx.QueryExecModeExec.
 //
 // # Schema
 //
 // [Migrate] (called by Start unless [WithoutMigrations]) creates the tables
-// inbox_records and inbox_workers in the first schema of the connection's
-// search_path, recording its migrations in [VersionTable]. Migrations only
-// go up, each in its own transaction, under an advisory lock.
+// inbox_records, inbox_workers and inbox_maintenance in the first schema of
+// the connection's search_path, recording its migrations in
+// [VersionTable]. Migrations only go up; each runs in its own transaction,
+// except index builds, which run concurrently. It needs PostgreSQL 14 or
+// later. Migrate and Start check that every table is there and say which
+// one is missing ([ErrSchema]).
 //
 // # Observability
 //
