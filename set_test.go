@@ -190,3 +190,41 @@ func equalResult(a, b inbox.SetResult) bool {
 	}
 	return true
 }
+
+// A Set of more than 16 MiB is split into several statements in one
+// transaction: all rows are stored, and a conflict found in a later chunk
+// under RejectConflicting undoes the earlier chunks too.
+func TestLargeSetIsSplitAtomically(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	reg := inbox.NewRegistry()
+	reg.On("big", inbox.HandlerFunc("a", badNoop), inbox.HandlerFunc("b", badNoop))
+	ib, err := inbox.New(pool, reg, inbox.WithConflictingDuplicates(inbox.RejectConflicting), inbox.WithLogger(quiet(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := strings.Repeat("x", 1<<20)
+	var recs []*inbox.Record
+	for range 12 { // 12 records × 2 handlers × 1 MiB: two statements
+		recs = append(recs, record(t, uuid.New(), "big", payload))
+	}
+	res, err := ib.Client().SetWithResult(ctx, recs...)
+	if err != nil || res.New != 12 || res.Rows != 24 {
+		t.Fatalf("SetWithResult = %+v, %v; want 12 new records, 24 rows", res, err)
+	}
+	// A new batch whose last record conflicts with a stored one: nothing of
+	// it is stored, though its first chunk was sent first.
+	var more []*inbox.Record
+	for range 12 {
+		more = append(more, record(t, uuid.New(), "big", payload))
+	}
+	more = append(more, record(t, recs[0].ID(), "big", "changed"))
+	if err := ib.Client().Set(ctx, more...); !errors.Is(err, inbox.ErrConflictingDuplicate) {
+		t.Fatalf("Set with a conflict in its last chunk = %v, want ErrConflictingDuplicate", err)
+	}
+	var rows int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM inbox_records`).Scan(&rows); err != nil || rows != 24 {
+		t.Fatalf("%d rows, %v; want the first call's 24 only", rows, err)
+	}
+}
