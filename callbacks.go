@@ -27,9 +27,12 @@ const maxRememberedDead = 1000
 
 // deadCallbacks delivers the dead callbacks this worker owes. The table is
 // the queue: a row that dies records the worker in dead_callback_by, and
-// the dispatcher takes such rows a page at a time, clearing the mark, and
-// calls the callback for each. Memory holds at most a page, plus up to
-// maxRememberedDead records with the handler's original error.
+// the dispatcher reads such rows a page at a time, calls the callback for
+// each, and clears the mark once the callback has returned: a callback is
+// delivered at least once, also when the process dies during it (another
+// Inbox adopts the marks of workers that are gone). Memory holds at most a
+// page, plus up to maxRememberedDead records with the handler's original
+// error.
 type deadCallbacks struct {
 	w      *worker
 	on     bool
@@ -126,7 +129,7 @@ func (d *deadCallbacks) loop() {
 			n, err := d.deliverPage()
 			if err != nil {
 				if d.ctx.Err() == nil {
-					d.w.report(fmt.Errorf("inbox: read owed dead callbacks: %w", err))
+					d.w.report(fmt.Errorf("inbox: dead callbacks: %w", err))
 				}
 				failures++
 				break
@@ -142,18 +145,21 @@ func (d *deadCallbacks) loop() {
 	}
 }
 
-// deliverPage takes up to a page of owed callbacks and calls the callback
-// for each. It returns how many it took.
+// deliverPage reads up to a page of owed callbacks and calls the callback
+// for each; then it clears the marks of those delivered. A crash in between
+// delivers them again: at least once. It returns how many it delivered.
 func (d *deadCallbacks) deliverPage() (int, error) {
 	rows, err := d.w.db.query(d.ctx, deadCallbacksSQL, pgUUID(d.w.id), deadPage)
 	if err != nil {
 		return 0, err
 	}
 	var recs []DeadRecord
+	var ctids []pgtype.TID
+	var ctid pgtype.TID
 	var id pgtype.UUID
 	var rec DeadRecord
 	var text string
-	_, err = pgx.ForEachRow(rows, []any{&id, &rec.EventType, &rec.HandlerKey, &rec.Attempts, &text}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&ctid, &id, &rec.EventType, &rec.HandlerKey, &rec.Attempts, &text}, func() error {
 		rec.EventID = id.Bytes
 		if kept, ok := d.take(rowID{rec.EventID, rec.HandlerKey}); ok {
 			recs = append(recs, kept)
@@ -161,20 +167,42 @@ func (d *deadCallbacks) deliverPage() (int, error) {
 			rec.Err = errorFromText(text)
 			recs = append(recs, rec)
 		}
+		ctids = append(ctids, ctid)
 		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
+	delivered := 0
 	for _, rec := range recs {
+		if d.ctx.Err() != nil {
+			break
+		}
 		if err := guest(func() error { d.w.cfg.onDead(d.ctx, rec); return nil }); err != nil {
 			var pe *PanicError
 			errors.As(err, &pe)
 			d.w.log.Error("inbox: dead callback panicked; going on with the next", "event_id", rec.EventID,
 				"handler_key", rec.HandlerKey, "panic", fmt.Sprint(pe.Value), "stack", string(pe.Stack))
 		}
+		delivered++
 	}
-	return len(recs), nil
+	if delivered == 0 {
+		return 0, d.ctx.Err()
+	}
+	ids := make([]pgtype.UUID, delivered)
+	keys := make([]string, delivered)
+	for i, rec := range recs[:delivered] {
+		ids[i], keys[i] = pgUUID(rec.EventID), rec.HandlerKey
+	}
+	// The marks are cleared even after a hard stop: the callbacks ran.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(d.ctx), 5*time.Second)
+	defer cancel()
+	err = d.w.db.tidOnly(ctx, func(pgx.Rows) error { return nil }, deadCallbacksDoneSQL,
+		ctids[:delivered], ids, keys, pgUUID(d.w.id))
+	if err != nil {
+		return delivered, fmt.Errorf("clear the marks of delivered callbacks (they will be delivered again): %w", err)
+	}
+	return delivered, d.ctx.Err()
 }
 
 // errorFromText rebuilds a failure from its stored text, wrapping the
@@ -184,11 +212,13 @@ func errorFromText(text string) error {
 	switch {
 	case strings.HasPrefix(text, "attempt ") && strings.Contains(text, lostAttemptText):
 		te.is = append(te.is, ErrLeaseExpired)
-	case strings.HasPrefix(text, "discarded"):
+	case strings.HasPrefix(text, "discarded") || strings.Contains(text, ": discarded"):
 		te.is = append(te.is, ErrDiscarded)
 	}
-	if strings.Contains(text, ErrHandlerTimeout.Error()) {
-		te.is = append(te.is, ErrHandlerTimeout)
+	for _, s := range []error{ErrHandlerTimeout, ErrLeaseLost, ErrTxControl} {
+		if strings.Contains(text, s.Error()) {
+			te.is = append(te.is, s)
+		}
 	}
 	return te
 }

@@ -46,6 +46,11 @@ func (w *worker) claimLoop() {
 		if !more && !w.idle(timer) {
 			return
 		}
+		select {
+		case <-w.stopClaims: // a plan and Stop may arrive together
+			return
+		default:
+		}
 		locked, err := w.claim(plan)
 		if err != nil {
 			if w.ioCtx.Err() != nil {
@@ -166,20 +171,21 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 	if plan.capped {
 		sql, args = claimCappedSQL, append(args, plan.caps)
 	}
+	leaseUntil := time.Now().Add(w.cfg.lease)
 	err := w.db.noFlush(w.ioCtx, func(rows pgx.Rows) error {
 		// Texts are read in place (DriverBytes): a claimed row's event type
 		// and handler key are its route's, and its status and error are
 		// needed only for a row that died.
 		var (
-			id                          pgtype.UUID
-			ctid                        pgtype.TID
-			eventType, key, status, msg pgtype.DriverBytes
-			payload                     []byte
-			attempt, maxAttempts        int
-			storedAt                    time.Time
-			withheld, rescued           bool
+			id                           pgtype.UUID
+			ctid                         pgtype.TID
+			eventType, key, status, msg  pgtype.DriverBytes
+			payload                      []byte
+			attempt, claims, maxAttempts int
+			storedAt                     time.Time
+			withheld, rescued            bool
 		)
-		_, err := pgx.ForEachRow(rows, []any{&locked, &ctid, &id, &eventType, &key, &payload, &attempt, &maxAttempts,
+		_, err := pgx.ForEachRow(rows, []any{&locked, &ctid, &id, &eventType, &key, &payload, &attempt, &claims, &maxAttempts,
 			&status, &msg, &storedAt, &withheld, &rescued}, func() error {
 			ro := w.routes.byTypeKey[string(eventType)][string(key)]
 			if ro == nil {
@@ -198,8 +204,8 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 				died = append(died, DeadRecord{EventID: rid.id, EventType: ro.eventType, HandlerKey: ro.key, Attempts: attempt, Err: err})
 				return nil
 			}
-			jobs = append(jobs, &job{rowID: rid, route: ro, payload: payload, withheld: withheld, attempt: attempt,
-				maxAttempts: maxAttempts, storedAt: storedAt, ctid: ctid})
+			jobs = append(jobs, &job{rowID: rid, route: ro, payload: payload, withheld: withheld, attempt: attempt, claim: claims,
+				maxAttempts: maxAttempts, storedAt: storedAt, ctid: ctid, leaseUntil: leaseUntil})
 			payload = nil
 			return nil
 		})

@@ -446,20 +446,3 @@ func (c *Client) logConflicts(ids []uuid.UUID) {
 		c.logger.Warn("inbox: more conflicting duplicates in the same Set", "more", len(ids)-maxConflictLogs)
 	}
 }
-
-// rowID identifies a row.
-type rowID struct {
-	id  uuid.UUID
-	key string
-}
-
-// scanOne scans the single row of a query's result into dest.
-func scanOne(rows pgx.Rows, err error) func(dest ...any) error {
-	return func(dest ...any) error {
-		if err != nil {
-			return err
-		}
-		_, err := pgx.ForEachRow(rows, dest, func() error { return nil })
-		return err
-	}
-}

@@ -29,7 +29,8 @@ var (
 
 	// ErrInvalidRegistry reports a registry that New cannot use: nil, empty,
 	// or with a nil handler, an empty or duplicate handler key, an event type
-	// registered with no handler, or a handler timeout that is not positive.
+	// registered with no handler, a handler timeout that is not positive, or
+	// a [HandlerOption] with a bad value.
 	ErrInvalidRegistry = errors.New("inbox: invalid registry")
 
 	// ErrInvalidConfig reports a bad argument to New: a nil pool or an option
@@ -89,6 +90,13 @@ var (
 	// ErrUnsupportedServer reports a PostgreSQL server older than version
 	// 14, which the inbox's statements need.
 	ErrUnsupportedServer = errors.New("inbox: unsupported PostgreSQL server")
+
+	// ErrNotifyUnavailable is reported to the [ErrorCallback] when a
+	// worker's LISTEN connection does not receive a probe notification sent
+	// through the pool, as behind a transaction-mode pooler: the workers
+	// then poll. Give a direct connection with [WithListenConfig], or pass
+	// [WithoutNotify].
+	ErrNotifyUnavailable = errors.New("inbox: notifications do not arrive on the LISTEN connection")
 
 	// ErrErrorsDropped is passed to the [ErrorCallback] when errors were
 	// left out because the callback did not keep up; the message says how

@@ -5,8 +5,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgtype"
 )
+
+// rowID identifies a row.
+type rowID struct {
+	id  uuid.UUID
+	key string
+}
 
 // jobState is where a held row is between its claim and its result's write.
 //
@@ -75,11 +82,15 @@ type job struct {
 	payload     []byte
 	withheld    bool // the claim withheld the payload: read it before running
 	attempt     int  // the attempt the claim counted
+	claim       int  // the row's claims after this claim: names it in guards
 	maxAttempts int
 	storedAt    time.Time
 	// ctid is where the row was at its claim or latest renewal: the
 	// writer reaches it there without an index lookup.
 	ctid pgtype.TID
+	// leaseUntil is when the lease ends, counted from when the claim or
+	// the latest renewal was sent.
+	leaseUntil time.Time
 
 	state    jobState
 	deadline time.Time   // running: leases are renewed, and the handler waited for, until then
@@ -97,7 +108,12 @@ type job struct {
 // between states. It does no I/O: the owner goroutine calls it and acts on
 // what it returns.
 type held struct {
-	jobs        map[rowID]*job
+	jobs map[rowID]*job
+	// detached are jobs whose row this worker claimed again while they
+	// were still being written or run (a retry due at once, or a row of
+	// its own rescued after its lease ran out): they live on until their
+	// write or their handler is over, but the row is the new job's.
+	detached    map[*job]bool
 	queues      [][]*job // queued jobs per route, oldest first
 	running     []int    // running jobs per route
 	queuedOrRun []int    // queued and running jobs per route
@@ -113,6 +129,7 @@ type held struct {
 func newHeld(routes []*route, concurrency, capacity int, grace time.Duration) *held {
 	return &held{
 		jobs:        make(map[rowID]*job, capacity),
+		detached:    make(map[*job]bool),
 		queues:      make([][]*job, len(routes)),
 		running:     make([]int, len(routes)),
 		queuedOrRun: make([]int, len(routes)),
@@ -136,7 +153,7 @@ type claimPlan struct {
 // free slots, or every route at its limit. A route with a concurrency
 // limit holds at most twice its limit of queued and running rows.
 func (h *held) plan(batch, minClaim int) (claimPlan, bool) {
-	free := h.capacity - len(h.jobs)
+	free := h.capacity - len(h.jobs) - len(h.detached)
 	if free < minClaim {
 		return claimPlan{}, false
 	}
@@ -155,14 +172,33 @@ func (h *held) plan(batch, minClaim int) (claimPlan, bool) {
 	return p, len(p.types) > 0
 }
 
-// add holds claimed rows as queued.
-func (h *held) add(jobs []*job) {
+// add holds claimed rows as queued. A job of an earlier claim of the same
+// row is detached from it, and returned when its handler is running and
+// must be cancelled: the row is not its any more.
+func (h *held) add(jobs []*job) (cancel []*job) {
 	for _, j := range jobs {
+		if old, ok := h.jobs[j.rowID]; ok {
+			switch old.state {
+			case queued:
+				h.unqueue(old)
+				h.queuedOrRun[old.route.index]--
+				h.drop(old)
+			case returned:
+				h.drop(old) // takeWrites skips it
+			case running:
+				old.state = lost
+				cancel = append(cancel, old)
+				h.detached[old] = true
+			case writing, lost:
+				h.detached[old] = true
+			}
+		}
 		j.state = queued
 		h.jobs[j.rowID] = j
 		h.queues[j.route.index] = append(h.queues[j.route.index], j)
 		h.queuedOrRun[j.route.index]++
 	}
+	return cancel
 }
 
 // start returns a queued job that may run now, marked running until
@@ -217,17 +253,29 @@ func (h *held) stopRunning(j *job) {
 	h.queuedOrRun[j.route.index]--
 }
 
-// takeWrites returns the results waiting to be written, now writing.
+// maxWriteBatch bounds the results one statement writes: with error texts
+// of up to MaxErrorLength bytes, a batch stays well under PostgreSQL's
+// 1 GiB message limit (about 16 MiB of texts at most).
+const maxWriteBatch = 2000
+
+// takeWrites returns the results waiting to be written, up to
+// maxWriteBatch of them, now writing.
 func (h *held) takeWrites() []*job {
-	out := make([]*job, 0, len(h.toWrite))
+	out := make([]*job, 0, min(len(h.toWrite), maxWriteBatch))
+	n := 0
 	for _, j := range h.toWrite {
+		if len(out) == maxWriteBatch {
+			break
+		}
+		n++
 		if j.state == returned {
 			j.state = writing
 			out = append(out, j)
 		}
 	}
-	clear(h.toWrite)
-	h.toWrite = h.toWrite[:0]
+	rest := copy(h.toWrite, h.toWrite[n:])
+	clear(h.toWrite[rest:])
+	h.toWrite = h.toWrite[:rest]
 	return out
 }
 
@@ -242,8 +290,21 @@ func (h *held) written(jobs []*job) {
 
 // drop forgets a job.
 func (h *held) drop(j *job) {
-	delete(h.jobs, j.rowID)
+	if h.jobs[j.rowID] == j {
+		delete(h.jobs, j.rowID)
+	}
+	delete(h.detached, j)
 	j.state = 0
+}
+
+// each calls fn for every job, held or detached.
+func (h *held) each(fn func(*job)) {
+	for _, j := range h.jobs {
+		fn(j)
+	}
+	for j := range h.detached {
+		fn(j)
+	}
 }
 
 // renewals returns the jobs whose leases are to be renewed: all but those
@@ -263,15 +324,15 @@ func (h *held) renewals(now time.Time) []*job {
 	return out
 }
 
-// lose records that the worker no longer holds these rows at these
-// attempts, and returns the running jobs, whose handlers are to be
-// cancelled, and how many rows were lost. A row held at another attempt
+// lose records that the worker no longer holds these rows for these
+// claims, and returns the running jobs, whose handlers are to be
+// cancelled, and how many rows were lost. A row held for another claim
 // (claimed again since the renewal that reported it) is kept, and so is a
 // row whose result is being written: the write's guard decides.
 func (h *held) lose(items []renewItem) (cancel []*job, n int) {
 	for _, it := range items {
 		j, ok := h.jobs[it.rowID]
-		if !ok || j.attempt != it.attempt || j.state == writing || j.state == lost {
+		if !ok || j.claim != it.claim || j.state == writing || j.state == lost {
 			continue
 		}
 		n++
@@ -290,21 +351,27 @@ func (h *held) lose(items []renewItem) (cancel []*job, n int) {
 	return cancel, n
 }
 
-// moved records the new ctids of renewed rows. A row being written keeps
-// the ctid the writer has.
-func (h *held) moved(rows []renewedRow) {
+// renewed records the renewal of rows: their leases last until until, and
+// their new ctids. A row being written keeps the ctid the writer has.
+func (h *held) renewed(rows []renewedRow, until time.Time) {
 	for _, r := range rows {
-		if j, ok := h.jobs[r.rowID]; ok && j.attempt == r.attempt && j.state != writing {
-			j.ctid = r.ctid
+		if j, ok := h.jobs[r.rowID]; ok && j.claim == r.claim {
+			j.leaseUntil = until
+			if j.state != writing {
+				j.ctid = r.ctid
+			}
 		}
 	}
 }
 
-// loseAll is lose for every held row not being written.
-func (h *held) loseAll() ([]*job, int) {
-	items := make([]renewItem, 0, len(h.jobs))
+// expire is lose for the held rows, not being written, whose leases end
+// before by.
+func (h *held) expire(by time.Time) ([]*job, int) {
+	var items []renewItem
 	for id, j := range h.jobs {
-		items = append(items, renewItem{id, j.attempt})
+		if j.state != writing && j.state != lost && j.leaseUntil.Before(by) {
+			items = append(items, renewItem{id, j.claim})
+		}
 	}
 	return h.lose(items)
 }
@@ -331,5 +398,5 @@ func (h *held) release() {
 	}
 }
 
-// idle reports that no row is held.
-func (h *held) idle() bool { return len(h.jobs) == 0 }
+// idle reports that no row is held and no detached job is left.
+func (h *held) idle() bool { return len(h.jobs) == 0 && len(h.detached) == 0 }

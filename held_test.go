@@ -22,7 +22,7 @@ func heldFixture(concurrency, capacity int, limits ...int) (*held, []*route) {
 func jobsFor(r *route, n, attempt int) []*job {
 	out := make([]*job, n)
 	for i := range out {
-		out[i] = &job{rowID: rowID{uuid.New(), r.key}, route: r, attempt: attempt, cancel: func(error) {}}
+		out[i] = &job{rowID: rowID{uuid.New(), r.key}, route: r, attempt: attempt, claim: attempt, cancel: func(error) {}}
 	}
 	return out
 }
@@ -124,9 +124,9 @@ func TestHeldLose(t *testing.T) {
 	run1.cancel = func(error) { cancelled = append(cancelled, run1) }
 	batch := h.takeWrites() // run2 is now being written
 	queuedJob := jobs[2]
-	stale := renewItem{jobs[3].rowID, jobs[3].attempt - 1} // an older attempt of a held row
+	stale := renewItem{jobs[3].rowID, jobs[3].claim - 1} // an older attempt of a held row
 	cancel, n := h.lose([]renewItem{
-		{run1.rowID, run1.attempt}, {run2.rowID, run2.attempt}, {queuedJob.rowID, queuedJob.attempt}, stale,
+		{run1.rowID, run1.claim}, {run2.rowID, run2.claim}, {queuedJob.rowID, queuedJob.claim}, stale,
 		{rowID{uuid.New(), "a"}, 1}, // not held at all
 	})
 	if n != 2 || len(cancel) != 1 || cancel[0] != run1 || run1.state != lost {
@@ -149,8 +149,49 @@ func TestHeldLose(t *testing.T) {
 		t.Fatal("a lost job is still held after its handler returned")
 	}
 	h.written(batch)
-	cancel, n = h.loseAll()
-	if n != 2 || len(cancel) != 0 || !h.idle() {
-		t.Fatalf("loseAll: %d lost, %d cancelled, %d still held; want the 2 queued lost", n, len(cancel), len(h.jobs))
+	// Leases not renewed: the two queued rows' leases (zero here, as
+	// never renewed) end before any deadline.
+	jobs[3].leaseUntil = now.Add(time.Hour) // renewed: kept
+	h.renewed([]renewedRow{{renewItem{jobs[3].rowID, jobs[3].claim}, jobs[3].ctid}}, now.Add(time.Hour))
+	cancel, n = h.expire(now.Add(time.Minute))
+	if n != 1 || len(cancel) != 0 || len(h.jobs) != 1 || h.jobs[jobs[3].rowID] != jobs[3] {
+		t.Fatalf("expire: %d lost, %d cancelled, %d still held; want the unrenewed queued row lost, the renewed kept", n, len(cancel), len(h.jobs))
+	}
+}
+
+// A row claimed again while its earlier job is still being written, or
+// still running after its lease ran out, belongs to the new job: the old
+// one is detached, cancelled if running, and forgotten when it is over,
+// without taking the new job with it.
+func TestHeldClaimedAgain(t *testing.T) {
+	h, routes := heldFixture(4, 100, 0)
+	now := time.Now()
+	first := jobsFor(routes[0], 1, 1)[0]
+	h.add([]*job{first})
+	h.start(now)
+	h.finish(first, result{kind: resRetryAfter})
+	batch := h.takeWrites() // written meanwhile, and due again at once
+	again := &job{rowID: first.rowID, route: routes[0], attempt: 1, claim: 2, cancel: func(error) {}}
+	if cancel := h.add([]*job{again}); len(cancel) != 0 {
+		t.Fatalf("a job being written was cancelled: %v", cancel)
+	}
+	h.written(batch)
+	if h.jobs[again.rowID] != again || h.idle() || len(h.renewals(now)) != 1 {
+		t.Fatalf("the write of the earlier claim took the new job with it: held %v, idle %v", h.jobs, h.idle())
+	}
+
+	// The new job runs; its lease runs out and this worker rescues the row.
+	h.start(now)
+	rescued := &job{rowID: again.rowID, route: routes[0], attempt: 2, claim: 3, cancel: func(error) {}}
+	cancel := h.add([]*job{rescued})
+	if len(cancel) != 1 || cancel[0] != again || again.state != lost {
+		t.Fatalf("add while the earlier job runs: cancel %v, state %d; want the earlier job cancelled", cancel, again.state)
+	}
+	if h.finish(again, result{kind: resDone}) {
+		t.Fatal("the detached job's result is to be written")
+	}
+	if h.jobs[rescued.rowID] != rescued || len(h.detached) != 0 || h.runningAll != 0 || h.queuedOrRun[0] != 1 {
+		t.Fatalf("after the detached job returned: held %v, detached %d, running %d, queued or running %d",
+			h.jobs, len(h.detached), h.runningAll, h.queuedOrRun[0])
 	}
 }

@@ -584,3 +584,53 @@ func TestPollOnly(t *testing.T) {
 		t.Fatalf("runs = %v, want 5 events once each", got)
 	}
 }
+
+// A lease that cannot be renewed (here another transaction holds the row's
+// lock, so every renewal skips it) makes the worker cancel the handler,
+// with ErrLeaseLost as the cause, before the lease runs out, although no
+// renewal statement failed.
+func TestUnrenewableLeaseCancelsHandler(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	const lease = 900 * time.Millisecond
+	started := make(chan struct{})
+	cause := make(chan error, 1)
+	reg := inbox.NewRegistry()
+	reg.On("e", inbox.HandlerFunc("h", func(ctx context.Context, _ []byte) error {
+		close(started)
+		<-ctx.Done()
+		cause <- context.Cause(ctx)
+		return ctx.Err()
+	}))
+	ib := start(t, pool, reg, fast(t, inbox.WithLease(lease), inbox.WithHandlerTimeout(time.Hour))...)
+	id := uuid.New()
+	if err := ib.Client().Set(ctx, record(t, id, "e", "")); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	var due time.Time
+	if err := tx.QueryRow(ctx, `SELECT due_at FROM inbox_records WHERE event_id = $1 FOR UPDATE`, id).Scan(&due); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-cause:
+		if !errors.Is(err, inbox.ErrLeaseLost) {
+			t.Fatalf("handler cancelled with cause %v, want ErrLeaseLost", err)
+		}
+		var now time.Time
+		if err := pool.QueryRow(ctx, `SELECT now()`).Scan(&now); err != nil {
+			t.Fatal(err)
+		}
+		if !now.Before(due) {
+			t.Fatalf("handler cancelled at %v, after its lease ended at %v", now, due)
+		}
+	case <-time.After(10 * lease):
+		t.Fatal("the handler was not cancelled although its lease was not renewed")
+	}
+}

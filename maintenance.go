@@ -2,6 +2,7 @@ package inbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -89,8 +90,12 @@ func (w *worker) retention(ctx context.Context) error {
 	dedup := now.AddDate(0, 0, -w.cfg.retentionDays)
 	payloads := now.AddDate(0, 0, -w.cfg.payloadDays)
 	deleted, erased, err := eraseFinished(ctx, w.db, dedup, payloads, func() error {
-		if ok, err := take(); err != nil || !ok {
-			return fmt.Errorf("lost the retention lease: %w", err)
+		ok, err := take()
+		if err != nil {
+			return fmt.Errorf("renew the retention lease: %w", err)
+		}
+		if !ok {
+			return errors.New("another instance took the retention lease over; it runs retention now")
 		}
 		return nil
 	})

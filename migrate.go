@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -39,7 +40,10 @@ const minServerVersion = 140000
 // them apply the migrations while the others wait, up to ten minutes. Each
 // migration runs in its own transaction (an index build runs concurrently,
 // outside one), so a failure leaves the schema as it was before that
-// migration. Migrate only ever migrates up.
+// migration. A migration that needs a table's lock gives up after a few
+// seconds rather than queue behind a long transaction (which would hold up
+// every Set behind it), and Migrate tries it again, up to ten times.
+// Migrate only ever migrates up.
 //
 // Migrate works behind a transaction-mode connection pooler whatever the
 // pool's exec mode: it runs on a small pool of its own (at most three
@@ -63,7 +67,7 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 		return fmt.Errorf("%w: server version %d; the inbox needs PostgreSQL 14 or later", ErrUnsupportedServer, version)
 	}
 	if schema == nil {
-		return fmt.Errorf("inbox: migrate: the connection's search_path names no existing schema; create the schema or fix search_path")
+		return fmt.Errorf("%w: the connection's search_path names no existing schema; create the schema or fix search_path", ErrSchema)
 	}
 	cfg := pool.Config()
 	cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
@@ -91,7 +95,7 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	if err != nil {
 		return fmt.Errorf("inbox: migrate: %w", err)
 	}
-	if _, err := provider.Up(ctx); err != nil {
+	if err := upRetrying(ctx, provider); err != nil {
 		var partial *goose.PartialError
 		if errors.As(err, &partial) && partial.Failed != nil {
 			return fmt.Errorf("inbox: migrate: migration %d failed and was rolled back: %w",
@@ -103,6 +107,27 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 		return fmt.Errorf("inbox: migrate: %w", err)
 	}
 	return nil
+}
+
+// lockRetries is how often Migrate tries a migration again that gave up
+// waiting for a table lock (its lock_timeout), pausing a little longer each
+// time.
+const lockRetries = 10
+
+// upRetrying applies the migrations, trying again when one gave up waiting
+// for a lock: a migration that needs a table's lock for a moment does not
+// queue behind a long transaction, holding up every Set behind it.
+func upRetrying(ctx context.Context, provider *goose.Provider) error {
+	for try := 1; ; try++ {
+		_, err := provider.Up(ctx)
+		var pgErr *pgconn.PgError
+		if err == nil || try == lockRetries || !errors.As(err, &pgErr) || pgErr.Code != "55P03" {
+			return err
+		}
+		if !sleep(time.Duration(try)*time.Second, ctx.Done()) {
+			return err
+		}
+	}
 }
 
 // checkSchema checks that the inbox's tables exist and that the latest

@@ -2,6 +2,7 @@ package inbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -31,7 +32,7 @@ func (w *worker) listenLoop() {
 		if w.ctx.Err() != nil {
 			return
 		}
-		if err == errNoNotifications {
+		if errors.Is(err, ErrNotifyUnavailable) {
 			w.log.Warn("inbox: LISTEN does not receive notifications on its connection (a transaction-mode pooler?); workers poll every iteration rate instead. Give a direct connection with WithListenConfig, or WithoutNotify to silence this")
 			w.report(fmt.Errorf("inbox: listen: %w", err))
 			return
@@ -43,8 +44,6 @@ func (w *worker) listenLoop() {
 		}
 	}
 }
-
-var errNoNotifications = fmt.Errorf("a probe notification sent through the pool did not arrive within %v", probeWithin)
 
 func (w *worker) listen() error {
 	cfg := w.cfg.listenConfig
@@ -96,7 +95,7 @@ func (w *worker) probe(conn *pgx.Conn) error {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
 			if ctx.Err() != nil && w.ctx.Err() == nil {
-				return errNoNotifications
+				return fmt.Errorf("%w: a probe notification sent through the pool did not arrive within %v", ErrNotifyUnavailable, probeWithin)
 			}
 			return err
 		}

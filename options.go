@@ -91,12 +91,13 @@ type DeadRecord struct {
 // the callback is recovered and logged, and the next record is delivered.
 //
 // Each dead row records, in the table, which worker owes its callback
-// until the callback has been called; so memory stays bounded however many
+// until the callback has returned; so memory stays bounded however many
 // rows die at once (the worker reads them back in pages of 100), and none is
 // lost: a record that a stopped or crashed process still owed is delivered
 // by another running Inbox that has a dead callback and handles that event
-// type and handler key. A callback that was running when its process
-// crashed is not repeated. ctx ends when [Inbox.Stop]'s context does.
+// type and handler key. Delivery is at least once: the worker records the
+// deliveries of a page after its callbacks returned, so a crash in between
+// delivers them again. ctx ends when [Inbox.Stop]'s context does.
 type DeadCallback func(ctx context.Context, rec DeadRecord)
 
 // ErrorCallback is called with errors of the inbox's own machinery (the

@@ -9,14 +9,14 @@ import (
 // owner is the state of the owner goroutine: the held rows and what the
 // goroutines around it are doing. Only the owner goroutine touches it.
 type owner struct {
-	w           *worker
-	h           *held
-	minClaim    int
-	planWanted  bool // the claimer waits for a plan
-	stopping    bool // the claimer has stopped: hand back, drain, return
-	writing     bool // the writer has a batch
-	renewing    bool // the renewer has a batch
-	lastRenewed time.Time
+	w          *worker
+	h          *held
+	minClaim   int
+	planWanted bool      // the claimer waits for a plan
+	stopping   bool      // the claimer has stopped: hand back, drain, return
+	writing    bool      // the writer has a batch
+	renewing   bool      // the renewer has a batch
+	renewSent  time.Time // when the renewer's batch was handed out
 }
 
 // maxEventsPerTurn bounds how many events the owner handles before it
@@ -35,10 +35,9 @@ func (w *worker) own() {
 	defer close(w.renewals)
 
 	o := &owner{
-		w:           w,
-		h:           newHeld(w.routes.list, w.cfg.concurrency, w.cfg.concurrency+w.cfg.batchSize, w.grace()),
-		minClaim:    max(1, w.cfg.batchSize/2),
-		lastRenewed: time.Now(),
+		w:        w,
+		h:        newHeld(w.routes.list, w.cfg.concurrency, w.cfg.concurrency+w.cfg.batchSize, w.grace()),
+		minClaim: max(1, w.cfg.batchSize/2),
 	}
 	ticker := time.NewTicker(w.cfg.lease / 3)
 	defer ticker.Stop()
@@ -61,13 +60,14 @@ func (w *worker) own() {
 			}
 		case <-ticker.C:
 			o.watch()
+			o.expire()
 			o.renew()
 		case <-w.hardStop:
-			for _, j := range o.h.jobs {
+			o.h.each(func(j *job) {
 				if j.state == running || j.state == lost {
 					j.cancel(w.stopCause)
 				}
-			}
+			})
 			return // Stop waits for nothing more
 		}
 	}
@@ -104,7 +104,7 @@ func (o *owner) handle(ev event) {
 	w, h := o.w, o.h
 	switch ev.kind {
 	case evClaimed:
-		h.add(ev.jobs)
+		w.cancelLost(h.add(ev.jobs), "claimed again")
 	case evWantPlan:
 		o.planWanted = true
 	case evClaimerDone:
@@ -119,17 +119,11 @@ func (o *owner) handle(ev event) {
 		o.renewing = false
 		if ev.err != nil {
 			w.report(fmt.Errorf("inbox: renew leases: %w", ev.err))
-			if time.Since(o.lastRenewed) >= w.cfg.lease*2/3 {
-				cancel, n := h.loseAll()
-				w.cancelLost(cancel, "renewals failed for too long")
-				if n > 0 {
-					w.report(fmt.Errorf("%w: leases of %d rows could not be renewed in time; they will be retried", ErrLeaseLost, n))
-				}
-			}
+			o.expire()
 			return
 		}
-		o.lastRenewed = time.Now()
-		h.moved(ev.renewed)
+		// A renewed lease lasts from when the renewal was sent.
+		h.renewed(ev.renewed, o.renewSent.Add(w.cfg.lease))
 		if cancel, n := h.lose(ev.lost); n > 0 {
 			w.cancelLost(cancel, "taken over")
 			w.report(fmt.Errorf("%w: %d rows were taken over by another worker or removed", ErrLeaseLost, n))
@@ -144,7 +138,9 @@ func (o *owner) handle(ev event) {
 func (o *owner) watch() {
 	w := o.w
 	now := time.Now()
-	for _, j := range o.h.jobs {
+	var abandon []*job
+	var errs []error
+	o.h.each(func(j *job) {
 		var err error
 		switch {
 		case j.state == running && now.After(j.deadline):
@@ -153,16 +149,39 @@ func (o *owner) watch() {
 		case j.state == lost && now.After(j.lostAt.Add(w.grace())):
 			err = fmt.Errorf("%w: handler did not return within %v of its context ending", ErrLeaseLost, w.grace())
 		default:
-			continue
+			return
 		}
-		if !j.run.CompareAndSwap(jobRunning, jobAbandoned) {
-			continue // it returned: its result is on its way
+		if j.run.CompareAndSwap(jobRunning, jobAbandoned) { // else it returned: its result is on its way
+			abandon, errs = append(abandon, j), append(errs, err)
 		}
+	})
+	for i, j := range abandon {
 		w.log.Warn("inbox: handler ignores its context; abandoning it", "event_id", j.id, "handler_key", j.key)
 		w.runners.Add(1)
 		go w.runLoop()
-		e, text := compact(err)
+		e, text := compact(errs[i])
 		o.h.finish(j, result{kind: resFailed, err: e, text: text})
+	}
+}
+
+// expire gives up the rows whose leases were not renewed in time: with
+// less than a quarter of a lease left (renewals failing, or hanging),
+// their handlers are cancelled before another worker may claim the rows.
+// It runs every tick and after every renewal, except while a renewal sent
+// less than half a lease ago may still extend the leases (the renewer
+// gives up on it then); so a handler gets at least a sixth of a lease to
+// stop. Leases are counted from when the claim or renewal was sent, which
+// is earlier than the database's own count.
+func (o *owner) expire() {
+	w := o.w
+	now := time.Now()
+	if o.renewing && now.Sub(o.renewSent) < w.cfg.lease/2 {
+		return
+	}
+	cancel, n := o.h.expire(now.Add(w.cfg.lease / 4))
+	if n > 0 {
+		w.cancelLost(cancel, "lease not renewed in time")
+		w.report(fmt.Errorf("%w: leases of %d rows could not be renewed in time; they will be retried", ErrLeaseLost, n))
 	}
 }
 
@@ -175,12 +194,12 @@ func (o *owner) renew() {
 	now := time.Now()
 	jobs := o.h.renewals(now)
 	if len(jobs) == 0 {
-		o.lastRenewed = now
 		return
 	}
+	o.renewSent = now
 	items := make([]renewItem, len(jobs))
 	for i, j := range jobs {
-		items[i] = renewItem{j.rowID, j.attempt}
+		items[i] = renewItem{j.rowID, j.claim}
 	}
 	o.w.renewals <- items // the renewer is idle
 	o.renewing = true

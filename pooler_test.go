@@ -122,7 +122,7 @@ func pooledScenario(t *testing.T, bouncer *pgbouncer.Bouncer, mode pgx.QueryExec
 	var probeErrs atomic.Int32
 	opts := fast(t, inbox.WithTransactionPooler(), inbox.WithMaxRetryAttempt(10),
 		inbox.OnErrorCallback(func(err error) {
-			if strings.Contains(err.Error(), "probe notification") {
+			if errors.Is(err, inbox.ErrNotifyUnavailable) {
 				probeErrs.Add(1)
 			}
 		}))

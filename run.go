@@ -34,7 +34,14 @@ func (w *worker) execute(j *job) bool {
 	tctx, cancel := context.WithTimeoutCause(j.ctx, j.route.timeout, ErrHandlerTimeout)
 	defer cancel()
 	defer j.cancel(nil)
-	res := w.run(tctx, j)
+	var res result
+	if j.ctx.Err() != nil {
+		// Cancelled before it started (a lost lease, a hard stop): the
+		// handler is not called.
+		res = w.failed(tctx, j, context.Cause(j.ctx))
+	} else {
+		res = w.run(tctx, j)
+	}
 	if !j.run.CompareAndSwap(jobRunning, jobReturned) {
 		return false
 	}
@@ -54,7 +61,7 @@ const (
 func (w *worker) run(ctx context.Context, j *job) result {
 	payload := j.payload
 	if j.withheld {
-		err := w.db.queryRow(ctx, payloadSQL, pgUUID(j.id), j.key, pgUUID(w.id), j.attempt).Scan(&payload)
+		err := w.db.queryRow(ctx, payloadSQL, pgUUID(j.id), j.key, pgUUID(w.id), j.claim).Scan(&payload)
 		if err != nil {
 			return w.failed(ctx, j, fmt.Errorf("inbox: read the payload: %w", err))
 		}
@@ -191,7 +198,7 @@ func (w *worker) runTx(ctx context.Context, j *job, payload []byte) (bool, error
 	default:
 		return false, fmt.Errorf("%w: the transaction was ended by a statement of ProcessTx (COMMIT or ROLLBACK); return nil to commit, an error to roll back", ErrTxControl)
 	}
-	tag, err := tx.Exec(ctx, completeTxSQL, w.db.args([]any{pgUUID(j.id), j.key, pgUUID(w.id), j.attempt})...)
+	tag, err := tx.Exec(ctx, completeTxSQL, w.db.args([]any{pgUUID(j.id), j.key, pgUUID(w.id), j.claim})...)
 	if err != nil {
 		return false, fmt.Errorf("mark done: %w", err)
 	}

@@ -141,6 +141,7 @@ WITH due AS MATERIALIZED (
     UPDATE inbox_records AS r
     SET status           = CASE WHEN r.attempts >= r.max_attempts THEN 'dead' ELSE 'progress' END,
         attempts         = CASE WHEN r.attempts >= r.max_attempts THEN r.attempts ELSE r.attempts + 1 END,
+        claims           = r.claims + 1,
         last_error       = CASE WHEN r.status = 'progress'
                                 THEN 'attempt ' || r.attempts || ': ' || $7::text
                                 ELSE r.last_error END,
@@ -151,7 +152,7 @@ WITH due AS MATERIALIZED (
         updated_at       = now()
     WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM ` + from + `))
     RETURNING (SELECT count(*) FROM due), r.ctid, r.event_id, r.event_type, r.handler_key,
-              CASE WHEN (SELECT ok FROM inline) THEN r.payload END, r.attempts, r.max_attempts,
+              CASE WHEN (SELECT ok FROM inline) THEN r.payload END, r.attempts, r.claims, r.max_attempts,
               r.status, r.last_error, r.created_at, NOT (SELECT ok FROM inline),
               (SELECT any_rescued FROM rescues)
               AND EXISTS (SELECT FROM due d WHERE d.status = 'progress'
@@ -160,11 +161,11 @@ WITH due AS MATERIALIZED (
 SELECT * FROM claimed`
 }
 
-// payloadSQL reads the payload of a row that worker $3 holds for attempt
+// payloadSQL reads the payload of a row that worker $3 holds for its claim
 // $4, for a claim that withheld it.
 const payloadSQL = `
 SELECT payload FROM inbox_records
-WHERE event_id = $1 AND handler_key = $2 AND status = 'progress' AND locked_by = $3 AND attempts = $4`
+WHERE event_id = $1 AND handler_key = $2 AND status = 'progress' AND locked_by = $3 AND claims = $4`
 
 // completeSQL writes the results of many attempts in one statement: done,
 // failed with its next due time, dead, or handed back unstarted. Each row
@@ -183,13 +184,13 @@ var completeSQL = `
 UPDATE inbox_records AS r
 SET ` + completeSet("$9") + `
 FROM unnest($1::tid[], $2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[], $7::bool[], $8::timestamptz[])
-     WITH ORDINALITY AS v(row_ctid, event_id, handler_key, attempts, status, last_error, counted, due_at, i)
+     WITH ORDINALITY AS v(row_ctid, event_id, handler_key, claims, status, last_error, counted, due_at, i)
 WHERE r.ctid = v.row_ctid AND r.event_id = v.event_id AND r.handler_key = v.handler_key
-  AND r.status = 'progress' AND r.locked_by = $10::uuid AND r.attempts = v.attempts
+  AND r.status = 'progress' AND r.locked_by = $10::uuid AND r.claims = v.claims
 RETURNING v.i`
 
 // completeOneSQL is completeSQL for one row found by key, for a row that
-// completeSQL missed: $1 event id, $2 handler key, $3 attempt, $4 status,
+// completeSQL missed: $1 event id, $2 handler key, $3 claim, $4 status,
 // $5 error, $6 counted, $7 due time, $8 the worker owed the dead callback,
 // $9 the worker.
 var completeOneSQL = `
@@ -197,7 +198,7 @@ UPDATE inbox_records AS r
 SET ` + completeSet("$8") + `
 FROM (SELECT $4::text AS status, $5::text AS last_error, $6::bool AS counted, $7::timestamptz AS due_at) AS v
 WHERE r.event_id = $1 AND r.handler_key = $2 AND r.status = 'progress'
-  AND r.locked_by = $9::uuid AND r.attempts = $3
+  AND r.locked_by = $9::uuid AND r.claims = $3
 RETURNING r.event_id, r.handler_key`
 
 // completeSet is the SET list of the complete statements, for an update
@@ -219,23 +220,23 @@ const completeTxSQL = `
 UPDATE inbox_records
 SET status = 'done', locked_by = NULL, updated_at = now()
 WHERE event_id = $1 AND handler_key = $2
-  AND status = 'progress' AND locked_by = $3 AND attempts = $4`
+  AND status = 'progress' AND locked_by = $3 AND claims = $4`
 
-// renewSQL extends the leases worker $4 holds on the given rows, for $5
-// milliseconds. It never waits for a lock: a row another statement has
-// locked (its result being written, a TxHandler committing) is skipped this
-// time. It returns each renewed row with its new ctid, and each row that is
-// no longer the worker's (gone, or held by another worker or for another
-// attempt) with a NULL ctid, both with the attempt asked about. A row that
-// is no longer in progress but still at the worker's attempt (or one before
-// it: handed back) was finished by this worker, and is not returned.
+// renewSQL extends the leases worker $4 holds on the given rows (by their
+// claims, $3), for $5 milliseconds. It never waits for a lock: a row
+// another statement has locked (its result being written, a TxHandler
+// committing) is skipped this time. It returns each renewed row with its
+// new ctid, and each row that is no longer the worker's (gone, or claimed
+// since) with a NULL ctid, both with the claim asked about. A row that is
+// no longer in progress but still at the worker's claim was finished by
+// this worker, and is not returned.
 const renewSQL = `
 WITH v AS MATERIALIZED (
-    SELECT u.event_id, u.handler_key, u.attempts, t.ctid AS row_ctid,
-           t.status, t.locked_by, t.attempts AS now_attempts
-    FROM unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, attempts)
+    SELECT u.event_id, u.handler_key, u.claims, t.ctid AS row_ctid,
+           t.status, t.locked_by, t.claims AS now_claims
+    FROM unnest($1::uuid[], $2::text[], $3::int[]) AS u(event_id, handler_key, claims)
     LEFT JOIN LATERAL (
-        SELECT ctid, status, locked_by, attempts FROM inbox_records
+        SELECT ctid, status, locked_by, claims FROM inbox_records
         WHERE event_id = u.event_id AND handler_key = u.handler_key
         LIMIT 1
     ) t ON true
@@ -243,35 +244,40 @@ WITH v AS MATERIALIZED (
     SELECT ctid FROM inbox_records
     WHERE ctid = ANY (ARRAY(
             SELECT row_ctid FROM v
-            WHERE status = 'progress' AND locked_by = $4::uuid AND now_attempts = attempts))
+            WHERE status = 'progress' AND locked_by = $4::uuid AND now_claims = claims))
       AND status = 'progress' AND locked_by = $4::uuid
     FOR UPDATE SKIP LOCKED
 ), renewed AS (
     UPDATE inbox_records
     SET due_at = now() + $5::bigint * interval '1 millisecond'
     WHERE ctid = ANY (ARRAY(SELECT ctid FROM mine))
-    RETURNING event_id, handler_key, attempts, ctid
+    RETURNING event_id, handler_key, claims, ctid
 )
-SELECT event_id, handler_key, attempts, ctid FROM renewed
+SELECT event_id, handler_key, claims, ctid FROM renewed
 UNION ALL
-SELECT event_id, handler_key, attempts, NULL
+SELECT event_id, handler_key, claims, NULL
 FROM v
 WHERE row_ctid IS NULL
-   OR (status = 'progress' AND (locked_by <> $4::uuid OR now_attempts <> attempts))
-   OR (status <> 'progress' AND now_attempts NOT IN (attempts, attempts - 1))`
+   OR now_claims <> claims
+   OR (status = 'progress' AND locked_by <> $4::uuid)`
 
-// deadCallbacksSQL takes up to $2 dead rows whose dead callback worker $1
-// owes, clearing the debt, and returns what the callback needs. Rows
-// another statement has locked are left for the next call.
+// deadCallbacksSQL returns up to $2 dead rows whose dead callback worker
+// $1 owes, with what the callback needs and where the row is.
 const deadCallbacksSQL = `
-UPDATE inbox_records
-SET dead_callback_by = NULL
-WHERE ctid = ANY (ARRAY(
-    SELECT ctid FROM inbox_records
-    WHERE dead_callback_by = $1::uuid AND status = 'dead'
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED))
-RETURNING event_id, event_type, handler_key, attempts, last_error`
+SELECT ctid, event_id, event_type, handler_key, attempts, last_error
+FROM inbox_records
+WHERE dead_callback_by = $1::uuid AND status = 'dead'
+LIMIT $2`
+
+// deadCallbacksDoneSQL clears the debt of worker $4 for the dead callbacks
+// of the given rows (ctid $1, event id $2, handler key $3), once the
+// callbacks have returned. Run after tidOnlySQL: a TID fetch per row. A row
+// that moved meanwhile keeps its mark, and its callback is delivered again.
+const deadCallbacksDoneSQL = `
+UPDATE inbox_records AS r SET dead_callback_by = NULL
+FROM unnest($1::tid[], $2::uuid[], $3::text[]) AS v(row_ctid, event_id, handler_key)
+WHERE r.ctid = v.row_ctid AND r.event_id = v.event_id AND r.handler_key = v.handler_key
+  AND r.dead_callback_by = $4::uuid`
 
 // adoptCallbacksSQL makes worker $1 owe the dead callbacks that workers
 // without a live heartbeat still owed, for the (event type, handler key)

@@ -2,7 +2,6 @@ package inbox
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -44,10 +43,14 @@ type worker struct {
 	// listener run on it.
 	ctx    context.Context
 	cancel context.CancelFunc
-	// ioCtx carries claims, result writes and renewals; it ends only on
-	// a hard stop, so that a graceful Stop lets them finish.
+	// ioCtx carries claims and renewals; it ends only on a hard stop, so
+	// that a graceful Stop lets them finish.
 	ioCtx    context.Context
 	cancelIO context.CancelFunc
+	// writeCtx carries result writes; it ends a grace period after a hard
+	// stop, so that results of handlers that returned are still written.
+	writeCtx    context.Context
+	cancelWrite context.CancelFunc
 	// handlerCtx is the parent of every handler's context: the values of
 	// Start's context, without its cancellation. Each handler's context is
 	// cancelled by the owner (a lost lease, a hard stop) or its timeout;
@@ -102,10 +105,10 @@ const (
 	evRenewed                          // the renewer finished
 )
 
-// renewItem is a row whose lease to renew.
+// renewItem is a row whose lease to renew, and the claim it is held for.
 type renewItem struct {
 	rowID
-	attempt int
+	claim int
 }
 
 // renewedRow is a row whose lease was renewed, and where it is now.
@@ -143,6 +146,7 @@ func newWorker(ib *Inbox) *worker {
 func (w *worker) start(ctx context.Context) error {
 	w.ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	w.ioCtx, w.cancelIO = context.WithCancel(w.ctx)
+	w.writeCtx, w.cancelWrite = context.WithCancel(context.WithoutCancel(w.ctx))
 	w.handlerCtx = context.WithoutCancel(ctx)
 	if err := w.beat(ctx); err != nil {
 		w.cancel()
@@ -196,10 +200,12 @@ func (w *worker) stop(ctx context.Context) error {
 	if err != nil {
 		w.stopCause = fmt.Errorf("inbox: Stop's context ended: %w", context.Cause(ctx))
 		w.cancelIO()
+		time.AfterFunc(w.grace(), w.cancelWrite)
 		close(w.hardStop) // the owner cancels the running handlers
 		w.owner.Wait()
 	}
 	w.io.Wait()
+	w.cancelWrite()
 	w.cancel()
 	w.background.Wait()
 	if cerr := w.deadCalls.stop(ctx); err == nil {
@@ -299,5 +305,3 @@ func (w *worker) retry(ctx context.Context, what string, fn func() error) error 
 		}
 	}
 }
-
-var errStopped = errors.New("inbox: worker stopped")

@@ -1,6 +1,7 @@
 package inbox
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -27,7 +28,7 @@ func (w *worker) write(batch []*job) {
 	ctids := make([]pgtype.TID, 0, n)
 	ids := make([]pgtype.UUID, 0, n)
 	keys := make([]string, 0, n)
-	attempts := make([]int32, 0, n)
+	claims := make([]int32, 0, n)
 	statuses := make([]string, 0, n)
 	errs := make([]*string, 0, n)
 	counted := make([]bool, 0, n)
@@ -37,7 +38,7 @@ func (w *worker) write(batch []*job) {
 	var retries []time.Time // when the failed rows are due again
 	released := false
 	add := func(j *job, status string, text *string, count bool, due *time.Time) {
-		ctids, ids, keys, attempts = append(ctids, j.ctid), append(ids, pgUUID(j.id)), append(keys, j.key), append(attempts, int32(j.attempt))
+		ctids, ids, keys, claims = append(ctids, j.ctid), append(ids, pgUUID(j.id)), append(keys, j.key), append(claims, int32(j.claim))
 		statuses, errs, counted, dues = append(statuses, status), append(errs, text), append(counted, count), append(dues, due)
 		if due != nil && status == string(Failed) {
 			retries = append(retries, *due)
@@ -80,7 +81,7 @@ func (w *worker) write(batch []*job) {
 	for k, rec := range dead {
 		w.deadCalls.remember(k, rec)
 	}
-	written, err := w.complete(ctids, ids, keys, attempts, statuses, errs, counted, dues)
+	written, err := w.complete(ctids, ids, keys, claims, statuses, errs, counted, dues)
 	for k, rec := range dead {
 		if !written[k] {
 			w.deadCalls.forget(k)
@@ -94,7 +95,7 @@ func (w *worker) write(batch []*job) {
 	w.scheduleRetries(retries)
 	if released && w.cfg.notify {
 		// Other workers may take the handed-back rows at once.
-		if _, err := w.db.exec(w.ioCtx, `SELECT `+notifySQL); err != nil {
+		if _, err := w.db.exec(w.writeCtx, `SELECT `+notifySQL); err != nil {
 			w.log.Debug("inbox: notify after handing rows back", "error", err)
 		}
 	}
@@ -108,19 +109,19 @@ func (w *worker) write(batch []*job) {
 // ctid was read has moved the row, and the statement misses it. Each missed
 // row is then written on its own, found by key; a row missed again is no
 // longer the worker's.
-func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, attempts []int32, statuses []string,
+func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, claims []int32, statuses []string,
 	errs []*string, counted []bool, dues []*time.Time) (map[rowID]bool, error) {
 	written := make(map[rowID]bool, len(ids))
-	err := w.retry(w.ioCtx, "write results", func() error {
+	err := w.retry(w.writeCtx, "write results", func() error {
 		clear(written)
-		return w.db.tidOnly(w.ioCtx, func(rows pgx.Rows) error {
+		return w.db.tidOnly(w.writeCtx, func(rows pgx.Rows) error {
 			var i int
 			_, err := pgx.ForEachRow(rows, []any{&i}, func() error {
 				written[rowID{ids[i-1].Bytes, keys[i-1]}] = true
 				return nil
 			})
 			return err
-		}, completeSQL, ctids, ids, keys, attempts, statuses, errs, counted, dues, w.deadBy, pgUUID(w.id))
+		}, completeSQL, ctids, ids, keys, claims, statuses, errs, counted, dues, w.deadBy, pgUUID(w.id))
 	})
 	if err != nil {
 		return written, err
@@ -130,8 +131,8 @@ func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, 
 		if written[k] {
 			continue
 		}
-		err := w.retry(w.ioCtx, "write a result", func() error {
-			tag, err := w.db.exec(w.ioCtx, completeOneSQL, ids[i], keys[i], attempts[i], statuses[i], errs[i],
+		err := w.retry(w.writeCtx, "write a result", func() error {
+			tag, err := w.db.exec(w.writeCtx, completeOneSQL, ids[i], keys[i], claims[i], statuses[i], errs[i],
 				counted[i], dues[i], w.deadBy, pgUUID(w.id))
 			if err == nil && tag.RowsAffected() == 1 {
 				written[k] = true
@@ -178,16 +179,20 @@ func (w *worker) renewLoop() {
 func (w *worker) renew(items []renewItem) ([]renewedRow, []renewItem, error) {
 	ids := make([]pgtype.UUID, len(items))
 	keys := make([]string, len(items))
-	attempts := make([]int32, len(items))
+	claims := make([]int32, len(items))
 	for i, it := range items {
-		ids[i], keys[i], attempts[i] = pgUUID(it.id), it.key, int32(it.attempt)
+		ids[i], keys[i], claims[i] = pgUUID(it.id), it.key, int32(it.claim)
 	}
 	var renewed []renewedRow
 	var lost []renewItem
-	err := w.db.noFlush(w.ioCtx, func(rows pgx.Rows) error {
+	// A renewal that takes longer than half a lease is of no use: the
+	// owner gives the rows up meanwhile (see owner.expire).
+	ctx, cancel := context.WithTimeout(w.ioCtx, w.cfg.lease/2)
+	defer cancel()
+	err := w.db.noFlush(ctx, func(rows pgx.Rows) error {
 		var id pgtype.UUID
 		var r renewedRow
-		_, err := pgx.ForEachRow(rows, []any{&id, &r.key, &r.attempt, &r.ctid}, func() error {
+		_, err := pgx.ForEachRow(rows, []any{&id, &r.key, &r.claim, &r.ctid}, func() error {
 			r.id = id.Bytes
 			if r.ctid.Valid {
 				renewed = append(renewed, r)
@@ -197,6 +202,6 @@ func (w *worker) renew(items []renewItem) ([]renewedRow, []renewItem, error) {
 			return nil
 		})
 		return err
-	}, renewSQL, ids, keys, attempts, pgUUID(w.id), w.cfg.lease.Milliseconds())
+	}, renewSQL, ids, keys, claims, pgUUID(w.id), w.cfg.lease.Milliseconds())
 	return renewed, lost, err
 }

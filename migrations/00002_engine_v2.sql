@@ -5,9 +5,14 @@
 --
 -- Every change here is quick on a big table: columns are added with a
 -- constant default or none (no rewrite), the new constraint is added NOT
--- VALID and validated by the next migration without blocking writes.
+-- VALID and validated by the next migration without blocking writes. The
+-- statements still need the table's lock for a moment: rather than queue
+-- behind a long transaction (and hold up every Set behind them), they give
+-- up after a few seconds, and Migrate tries again.
 
 -- +goose Up
+SET LOCAL lock_timeout = '5s';
+
 ALTER TABLE inbox_records
     -- NULL once retention erased it (WithPayloadRetention); the row stays,
     -- so a redelivery is still recognised as a duplicate.
@@ -23,7 +28,12 @@ ALTER TABLE inbox_records
     ADD COLUMN max_attempts integer NOT NULL DEFAULT 5,
     -- For a dead row: the worker that still owes its dead callback; NULL
     -- once delivered or when no callback is set.
-    ADD COLUMN dead_callback_by uuid;
+    ADD COLUMN dead_callback_by uuid,
+    -- How many times the row was claimed. Unlike attempts, which an attempt
+    -- that does not count (handed back, or retried later at the handler's
+    -- request) takes back, it only grows: with locked_by it names one
+    -- claim, and guards every write of the worker holding it.
+    ADD COLUMN claims integer NOT NULL DEFAULT 0;
 
 ALTER TABLE inbox_records
     ADD CONSTRAINT inbox_records_max_attempts_check CHECK (max_attempts >= 1) NOT VALID;
@@ -49,6 +59,7 @@ CREATE INDEX inbox_records_finished_idx ON inbox_records (updated_at)
     WHERE status IN ('done', 'dead');
 ALTER TABLE inbox_records
     DROP CONSTRAINT inbox_records_max_attempts_check,
+    DROP COLUMN claims,
     DROP COLUMN dead_callback_by,
     DROP COLUMN max_attempts,
     DROP COLUMN payload_hash;
