@@ -169,11 +169,10 @@ WHERE event_id = $1 AND handler_key = $2 AND status = 'progress' AND locked_by =
 
 // completeSQL writes the results of many attempts in one statement: done,
 // failed with its next due time, dead, or handed back unstarted. Each row
-// is reached by the ctid its claim (or latest renewal) returned, $1: run
+// is reached by the ctid its claim (or latest renewal) returned, $1 (run
 // after tidOnlySQL, the only plan without a disabled node is a TID fetch per
-// row, and
-// written only while worker $10 still holds it for that attempt, so a late
-// writer never overwrites a newer attempt. A NULL error or due time keeps
+// row), and written only while worker $10 still holds it for that claim, $4
+// (claims only grow), so a late writer never overwrites a newer attempt. A NULL error or due time keeps
 // the stored one; $7[i] false takes back the attempt the claim counted (a
 // row handed back unstarted, or a handler that asked to retry later). A
 // row that becomes dead owes its dead callback to $9 (NULL: no callback).
