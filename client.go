@@ -3,8 +3,7 @@ package inbox
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
+	"hash/crc64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -230,13 +229,16 @@ func (c *Client) plan(records []*Record) (*setPlan, error) {
 		}
 		c.logger.Debug("inbox: skipped records of unregistered event types", "event_types", strings.Join(names, ", "))
 	}
-	// One global order of rows makes concurrent Sets deadlock-free. The
-	// sort is stable, so of repeated rows the earliest record's is first.
-	slices.SortStableFunc(p.rows, func(a, b setRow) int {
+	// One global order of rows makes concurrent Sets deadlock-free. Of
+	// repeated rows the earliest record's comes first.
+	slices.SortFunc(p.rows, func(a, b setRow) int {
 		if c := bytes.Compare(a.id[:], b.id[:]); c != 0 {
 			return c
 		}
-		return strings.Compare(a.route.key, b.route.key)
+		if c := strings.Compare(a.route.key, b.route.key); c != 0 {
+			return c
+		}
+		return a.record - b.record
 	})
 	// A repeated row is a duplicate within the call: dropped, and a
 	// conflict when its content differs.
@@ -272,15 +274,16 @@ func (c *Client) plan(records []*Record) (*setPlan, error) {
 	return p, nil
 }
 
-// payloadHash is the first 8 bytes of SHA-256 over the event type, a zero
-// byte and the payload.
+// crcTable is CRC-64's ECMA polynomial, for payloadHash.
+var crcTable = crc64.MakeTable(crc64.ECMA)
+
+// payloadHash is the CRC-64 (ECMA) of the event type, a zero byte and the
+// payload: it tells a changed redelivery from a plain one, where a
+// difference is an accident of the producer, not an attack.
 func payloadHash(eventType string, payload []byte) int64 {
-	h := sha256.New()
-	h.Write([]byte(eventType))
-	h.Write([]byte{0})
-	h.Write(payload)
-	var sum [sha256.Size]byte
-	return int64(binary.BigEndian.Uint64(h.Sum(sum[:0])))
+	h := crc64.Update(0, crcTable, []byte(eventType))
+	h = crc64.Update(h, crcTable, []byte{0})
+	return int64(crc64.Update(h, crcTable, payload))
 }
 
 // querier is a pool or a transaction.

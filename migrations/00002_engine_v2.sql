@@ -17,9 +17,9 @@ ALTER TABLE inbox_records
     -- NULL once retention erased it (WithPayloadRetention); the row stays,
     -- so a redelivery is still recognised as a duplicate.
     ALTER COLUMN payload DROP NOT NULL,
-    -- The first 8 bytes of SHA-256 over the event type and payload, set by
-    -- Set; a redelivery with another hash is a conflicting duplicate. NULL
-    -- for rows stored before this migration.
+    -- CRC-64 (ECMA) of the event type and payload, set by Set; a
+    -- redelivery with another hash is a conflicting duplicate. NULL for
+    -- rows stored before this migration.
     ADD COLUMN payload_hash bigint,
     -- The most attempts this row gets, fixed when it is stored. Rows stored
     -- before this migration get the old default of 5. The default stays so
