@@ -150,10 +150,18 @@ type claimPlan struct {
 
 // plan returns the next claim's size and the routes it may take rows of,
 // each with a cap, or false when there is no room: fewer than minClaim
-// free slots, or every route at its limit. A route with a concurrency
-// limit holds at most twice its limit of queued and running rows.
+// free slots, or every route at its limit. A row takes a slot while it is
+// queued or running; once its handler returned, its slot frees and the
+// next claim overlaps the writing of its result. Rows whose results wait
+// to be written are bounded too: all held rows together at most twice the
+// capacity. A route with a concurrency limit holds at most twice its limit
+// of queued and running rows.
 func (h *held) plan(batch, minClaim int) (claimPlan, bool) {
-	free := h.capacity - len(h.jobs) - len(h.detached)
+	active := 0
+	for _, n := range h.queuedOrRun {
+		active += n
+	}
+	free := min(h.capacity-active, 2*h.capacity-len(h.jobs)-len(h.detached))
 	if free < minClaim {
 		return claimPlan{}, false
 	}

@@ -141,7 +141,7 @@ func TestBlockedDeadCallbackStallsNothing(t *testing.T) {
 	ctx := context.Background()
 	pool := newPool(t)
 	const doomed, healthy = 100_000, 40
-	const lease = 600 * time.Millisecond
+	const lease = 1500 * time.Millisecond
 	var healthyRuns sync.Map // event id → *atomic.Int32
 	reg := inbox.NewRegistry()
 	reg.On("doomed", inbox.HandlerFunc("h", func(context.Context, []byte) error {
@@ -164,7 +164,7 @@ func TestBlockedDeadCallbackStallsNothing(t *testing.T) {
 	var delivered atomic.Int64
 	var dupes atomic.Int64
 	var got sync.Map
-	ib := start(t, pool, reg, fast(t, inbox.WithLease(lease), inbox.WithBatchSize(2000),
+	ib := start(t, pool, reg, fast(t, inbox.WithLease(lease), inbox.WithBatchSize(1000),
 		inbox.OnDeadCallback(func(_ context.Context, rec inbox.DeadRecord) {
 			once.Do(func() {
 				close(blockedOnce)

@@ -306,7 +306,9 @@ func WithConcurrency(n int) Option {
 }
 
 // WithBatchSize sets the most rows one claim takes, from 1 to 10000. A
-// worker holds at most concurrency + batch size rows at once.
+// worker has at most concurrency + batch size rows queued or running at
+// once, and at most twice that with the rows whose results wait to be
+// written.
 func WithBatchSize(n int) Option {
 	return func(c *config) error {
 		c.batchSize = n
