@@ -3,9 +3,9 @@ package inbox
 import (
 	"bytes"
 	"context"
-	"hash/crc64"
 	"errors"
 	"fmt"
+	"hash/crc64"
 	"log/slog"
 	"slices"
 	"sort"
