@@ -145,8 +145,10 @@ func (b *bench) floorInsert(ctx context.Context, seq int) error {
 // floorNotify measures raw LISTEN/NOTIFY: a listener connection blocked in
 // WaitForNotification, and a writer that inserts a row and notifies in one
 // transaction, n times every interval. It returns each latency from the
-// writer's commit returning to the listener waking.
-func (b *bench) floorNotify(ctx context.Context, n int, interval time.Duration) ([]time.Duration, error) {
+// writer's commit returning to the listener waking or, with claim, to the
+// listener's claim (floorClaimSQL on a second connection, with
+// synchronous_commit off as the library's claims) returning the row.
+func (b *bench) floorNotify(ctx context.Context, n int, interval time.Duration, claim bool) ([]time.Duration, error) {
 	cfg := b.floor.Config().ConnConfig.Copy()
 	listener, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
@@ -156,6 +158,15 @@ func (b *bench) floorNotify(ctx context.Context, n int, interval time.Duration) 
 	if _, err := listener.Exec(ctx, "LISTEN bench_floor"); err != nil {
 		return nil, err
 	}
+	claimer, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer claimer.Close(context.Background())
+	if _, err := claimer.Exec(ctx, "SET synchronous_commit = off"); err != nil {
+		return nil, err
+	}
+	worker := uuid.New()
 	base := time.Now()
 	woke := make([]atomic.Int64, n)
 	committed := make([]time.Duration, n)
@@ -173,6 +184,14 @@ func (b *bench) floorNotify(ctx context.Context, n int, interval time.Duration) 
 			seq, err := strconv.Atoi(note.Payload)
 			if err != nil || seq < 0 || seq >= n {
 				continue
+			}
+			if claim {
+				got, err := claimOne(lctx, claimer, worker)
+				if err != nil {
+					done <- fmt.Errorf("claim: %w", err)
+					return
+				}
+				at = got.Sub(base)
 			}
 			woke[seq].Store(int64(at))
 			got++
@@ -213,4 +232,34 @@ func (b *bench) floorNotify(ctx context.Context, n int, interval time.Duration) 
 		lat[i] = time.Duration(woke[i].Load()) - committed[i]
 	}
 	return lat, nil
+}
+
+// claimOne claims with floorClaimSQL on conn, expecting one row, and
+// returns when the row arrived; then it marks the row done.
+func claimOne(ctx context.Context, conn *pgx.Conn, worker uuid.UUID) (time.Time, error) {
+	rows, err := conn.Query(ctx, floorClaimSQL, worker)
+	if err != nil {
+		return time.Time{}, err
+	}
+	var tids []pgtype.TID
+	var tid pgtype.TID
+	var p []byte
+	for rows.Next() {
+		if err := rows.Scan(&tid, &p); err != nil {
+			rows.Close()
+			return time.Time{}, err
+		}
+		tids = append(tids, tid)
+	}
+	at := time.Now()
+	if err := rows.Err(); err != nil {
+		return at, err
+	}
+	if len(tids) != 1 {
+		return at, fmt.Errorf("claimed %d rows, want 1", len(tids))
+	}
+	if _, err := conn.Exec(ctx, floorDoneSQL, tids); err != nil {
+		return at, fmt.Errorf("done: %w", err)
+	}
+	return at, nil
 }
