@@ -79,6 +79,12 @@ func (d db) tidOnly(ctx context.Context, scan func(pgx.Rows) error, sql string, 
 	return d.after(ctx, tidOnlySQL, scan, sql, args)
 }
 
+// keyOnly runs sql after keyOnlySQL in one transaction, passing its rows
+// to scan.
+func (d db) keyOnly(ctx context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
+	return d.after(ctx, keyOnlySQL, scan, sql, args)
+}
+
 // after runs settings, then sql, in one transaction: one round trip as a
 // batch, or an explicit transaction where batches are not safe.
 func (d db) after(ctx context.Context, settings string, scan func(pgx.Rows) error, sql string, args []any) error {

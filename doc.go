@@ -92,7 +92,7 @@
 // for (an index walk in due order, a TID fetch per row), whatever the
 // table's statistics say.
 //
-// While a row is held its lease is renewed every third of [WithLease]. A
+// While a row is held its lease is renewed every quarter of [WithLease]. A
 // worker that cannot renew cancels its handlers' contexts (with
 // [ErrLeaseLost] as the cause) before the lease runs out. An attempt whose
 // worker died counts too, so an event that crashes its worker every time

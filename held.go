@@ -372,12 +372,13 @@ func (h *held) renewed(rows []renewedRow, until time.Time) {
 	}
 }
 
-// expire is lose for the held rows, not being written, whose leases end
-// before by.
-func (h *held) expire(by time.Time) ([]*job, int) {
+// expire is lose for the queued and running rows whose leases end before
+// by, except those whose leases end at or after wait (zero: none waits).
+func (h *held) expire(by, wait time.Time) ([]*job, int) {
 	var items []renewItem
 	for id, j := range h.jobs {
-		if j.state != writing && j.state != lost && j.leaseUntil.Before(by) {
+		if (j.state == queued || j.state == running) && j.leaseUntil.Before(by) &&
+			(wait.IsZero() || j.leaseUntil.Before(wait)) {
 			items = append(items, renewItem{id, j.claim})
 		}
 	}

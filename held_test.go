@@ -153,7 +153,7 @@ func TestHeldLose(t *testing.T) {
 	// never renewed) end before any deadline.
 	jobs[3].leaseUntil = now.Add(time.Hour) // renewed: kept
 	h.renewed([]renewedRow{{renewItem{jobs[3].rowID, jobs[3].claim}, jobs[3].ctid}}, now.Add(time.Hour))
-	cancel, n = h.expire(now.Add(time.Minute))
+	cancel, n = h.expire(now.Add(time.Minute), time.Time{})
 	if n != 1 || len(cancel) != 0 || len(h.jobs) != 1 || h.jobs[jobs[3].rowID] != jobs[3] {
 		t.Fatalf("expire: %d lost, %d cancelled, %d still held; want the unrenewed queued row lost, the renewed kept", n, len(cancel), len(h.jobs))
 	}
@@ -193,5 +193,47 @@ func TestHeldClaimedAgain(t *testing.T) {
 	if h.jobs[rescued.rowID] != rescued || len(h.detached) != 0 || h.runningAll != 0 || h.queuedOrRun[0] != 1 {
 		t.Fatalf("after the detached job returned: held %v, detached %d, running %d, queued or running %d",
 			h.jobs, len(h.detached), h.runningAll, h.queuedOrRun[0])
+	}
+}
+
+// Leases that end too soon are given up for queued and running rows only:
+// a returned row's result is still written (its write is guarded by the
+// claim), and a row that an unanswered renewal would leave long enough
+// waits for it.
+func TestHeldExpire(t *testing.T) {
+	h, routes := heldFixture(2, 100, 0)
+	now := time.Now()
+	jobs := jobsFor(routes[0], 5, 1)
+	h.add(jobs)
+	running, returning := h.start(now), h.start(now)
+	h.finish(returning, result{kind: resDone})
+	var waiting []*job
+	for _, j := range jobs {
+		if j.state == queued {
+			waiting = append(waiting, j)
+		}
+	}
+	if len(waiting) != 3 {
+		t.Fatalf("%d queued jobs, want 3", len(waiting))
+	}
+	soon, later := now.Add(time.Second), now.Add(3*time.Second)
+	running.leaseUntil, returning.leaseUntil = soon, soon
+	waiting[0].leaseUntil, waiting[1].leaseUntil, waiting[2].leaseUntil = soon, later, now.Add(time.Hour)
+	by, wait := now.Add(5*time.Second), now.Add(2*time.Second)
+	cancel, n := h.expire(by, wait)
+	if n != 2 || !slices.Equal(cancel, []*job{running}) || running.state != lost {
+		t.Fatalf("expire with a renewal under way: %d lost, cancelled %d; want the running and one queued row lost, the running one cancelled", n, len(cancel))
+	}
+	if _, ok := h.jobs[waiting[0].rowID]; ok {
+		t.Fatal("a queued row whose lease ends before the renewal could save it is still held")
+	}
+	if _, ok := h.jobs[waiting[1].rowID]; !ok {
+		t.Fatal("a queued row that waits for the renewal was given up")
+	}
+	if returning.state != returned || !slices.Contains(h.takeWrites(), returning) {
+		t.Fatal("a returned row with an ending lease is not written")
+	}
+	if _, n := h.expire(by, time.Time{}); n != 1 {
+		t.Fatalf("expire with no renewal under way: %d lost, want the queued row ending before by", n)
 	}
 }

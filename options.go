@@ -53,7 +53,7 @@ const (
 	DefaultBatchSize = 500
 	// DefaultLease is how long a claimed row stays reserved for its worker
 	// without a renewal ([WithLease]). Workers renew the leases of their
-	// rows every third of it, so a row whose worker died is claimable again
+	// rows every quarter of it, so a row whose worker died is claimable again
 	// within one lease.
 	DefaultLease = 5 * time.Second
 	// DefaultRetryBackoff and DefaultMaxRetryBackoff shape the pause before
@@ -363,7 +363,7 @@ func WithUnknownEventTypes(policy UnknownEventTypes) Option {
 }
 
 // WithLease sets how long a claimed row stays reserved without renewal.
-// Running workers renew their leases every third of it; a row whose worker
+// Running workers renew their leases every quarter of it; a row whose worker
 // died becomes claimable again once its lease runs out. It must be between
 // 300ms and 24h.
 func WithLease(dur time.Duration) Option {

@@ -23,6 +23,24 @@ type owner struct {
 // starts jobs and hands out work again.
 const maxEventsPerTurn = 64
 
+// The owner's clock, in fractions of the lease L. It ticks every L/16,
+// renews the held leases every L/4 (so at a renewal they end at least
+// 11L/16 later), gives a renewal 3L/8 to answer (renewTimeout), and
+// cancels a handler whose lease has less than L/4 left (expireWithin),
+// unless an unanswered renewal would still leave it L/4 when it times
+// out. Checked every tick, this leaves a cancelled handler at least 3L/16
+// to stop before another worker may claim its row, whatever the renewals
+// do.
+const (
+	tickDivisor  = 16
+	renewEvery   = 4 // L/4
+	expireWithin = 4 // L/4
+)
+
+// renewTimeout is how long a renewal may take: longer, and the owner has
+// given its rows up (see owner.expire).
+func renewTimeout(lease time.Duration) time.Duration { return lease * 3 / 8 }
+
 // own is the owner goroutine: every change of a held row happens here.
 // Each turn it hands out what can be handed out (jobs to free runners, a
 // plan to the claimer, results to an idle writer), then waits for events
@@ -39,7 +57,7 @@ func (w *worker) own() {
 		h:        newHeld(w.routes.list, w.cfg.concurrency, w.cfg.concurrency+w.cfg.batchSize, w.grace()),
 		minClaim: max(1, w.cfg.batchSize/2),
 	}
-	ticker := time.NewTicker(w.cfg.lease / 3)
+	ticker := time.NewTicker(w.cfg.lease / tickDivisor)
 	defer ticker.Stop()
 	for {
 		o.handOut()
@@ -164,34 +182,35 @@ func (o *owner) watch() {
 	}
 }
 
-// expire gives up the rows whose leases were not renewed in time: with
-// less than a quarter of a lease left (renewals failing, or hanging),
-// their handlers are cancelled before another worker may claim the rows.
-// It runs every tick and after every renewal, except while a renewal sent
-// less than half a lease ago may still extend the leases (the renewer
-// gives up on it then); so a handler gets at least a sixth of a lease to
-// stop. Leases are counted from when the claim or renewal was sent, which
-// is earlier than the database's own count.
+// expire gives up the queued and running rows whose leases were not
+// renewed in time: those with less than a quarter of a lease left. Their
+// handlers are cancelled before another worker may claim the rows. While a
+// renewal is under way (for less than renewTimeout) a row it will leave
+// with a quarter of a lease, should it fail, waits for it. Leases are
+// counted from when the claim or renewal was sent, which is earlier than
+// the database's own count. A row whose handler has returned is left to
+// the writer: its write is guarded by the claim.
 func (o *owner) expire() {
 	w := o.w
 	now := time.Now()
-	if o.renewing && now.Sub(o.renewSent) < w.cfg.lease/2 {
-		return
+	wait := time.Time{}
+	if o.renewing && now.Sub(o.renewSent) < renewTimeout(w.cfg.lease) {
+		wait = o.renewSent.Add(renewTimeout(w.cfg.lease) + w.cfg.lease/expireWithin)
 	}
-	cancel, n := o.h.expire(now.Add(w.cfg.lease / 4))
+	cancel, n := o.h.expire(now.Add(w.cfg.lease/expireWithin), wait)
 	if n > 0 {
 		w.cancelLost(cancel, "lease not renewed in time")
 		w.report(fmt.Errorf("%w: leases of %d rows could not be renewed in time; they will be retried", ErrLeaseLost, n))
 	}
 }
 
-// renew hands the renewer the leases to renew, unless it is still busy
-// with the last ones.
+// renew hands the renewer the leases to renew every quarter of a lease,
+// unless it is still busy with the last ones.
 func (o *owner) renew() {
-	if o.renewing {
+	now := time.Now()
+	if o.renewing || now.Sub(o.renewSent) < o.w.cfg.lease/renewEvery {
 		return
 	}
-	now := time.Now()
 	jobs := o.h.renewals(now)
 	if len(jobs) == 0 {
 		return

@@ -63,6 +63,12 @@ const tidOnlySQL = `SELECT set_config('enable_seqscan', 'off', true), set_config
        set_config('enable_mergejoin', 'off', true), set_config('jit', 'off', true),
        set_config('plan_cache_mode', 'force_generic_plan', true)`
 
+// keyOnlySQL leaves the planner one way to reach rows of the table without
+// a penalty: a primary key lookup per row, for completeByKeySQL.
+const keyOnlySQL = `SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true),
+       set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true),
+       set_config('jit', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true)`
+
 // noFlushSQL makes the transaction it runs in commit without waiting for
 // the WAL flush, and take the plan its statements were written for,
 // whatever the table's statistics say. Claims and lease renewals run after it: if a
@@ -177,8 +183,8 @@ WHERE event_id = $1 AND handler_key = $2 AND status = 'progress' AND locked_by =
 // row handed back unstarted, or a handler that asked to retry later). A
 // row that becomes dead owes its dead callback to $9 (NULL: no callback).
 // It returns the positions (from 1) of the rows written. A row updated since its ctid was read (its
-// lease renewed meanwhile) has moved and is missed; completeOneSQL writes
-// such rows, found through the primary key.
+// lease renewed meanwhile) has moved and is missed; completeByKeySQL writes
+// such rows.
 var completeSQL = `
 UPDATE inbox_records AS r
 SET ` + completeSet("$9") + `
@@ -188,17 +194,19 @@ WHERE r.ctid = v.row_ctid AND r.event_id = v.event_id AND r.handler_key = v.hand
   AND r.status = 'progress' AND r.locked_by = $10::uuid AND r.claims = v.claims
 RETURNING v.i`
 
-// completeOneSQL is completeSQL for one row found by key, for a row that
-// completeSQL missed: $1 event id, $2 handler key, $3 claim, $4 status,
-// $5 error, $6 counted, $7 due time, $8 the worker owed the dead callback,
-// $9 the worker.
-var completeOneSQL = `
+// completeByKeySQL is completeSQL for the rows it missed, each found
+// through the primary key by $1 event id and $2 handler key (run after
+// keyOnlySQL: an index lookup per row), with the other arguments shifted
+// by one. A row updated meanwhile is written too: the lookup's conditions
+// are checked again on its new version.
+var completeByKeySQL = `
 UPDATE inbox_records AS r
 SET ` + completeSet("$8") + `
-FROM (SELECT $4::text AS status, $5::text AS last_error, $6::bool AS counted, $7::timestamptz AS due_at) AS v
-WHERE r.event_id = $1 AND r.handler_key = $2 AND r.status = 'progress'
-  AND r.locked_by = $9::uuid AND r.claims = $3
-RETURNING r.event_id, r.handler_key`
+FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bool[], $7::timestamptz[])
+     WITH ORDINALITY AS v(event_id, handler_key, claims, status, last_error, counted, due_at, i)
+WHERE r.event_id = v.event_id AND r.handler_key = v.handler_key
+  AND r.status = 'progress' AND r.locked_by = $9::uuid AND r.claims = v.claims
+RETURNING v.i`
 
 // completeSet is the SET list of the complete statements, for an update
 // FROM v; deadBy is the parameter naming the worker that owes the dead

@@ -106,44 +106,55 @@ func (w *worker) write(batch []*job) {
 
 // complete writes results and returns the rows written. One statement
 // reaches each row by its ctid; a lease renewal that committed since the
-// ctid was read has moved the row, and the statement misses it. Each missed
-// row is then written on its own, found by key; a row missed again is no
+// ctid was read has moved the row, and the statement misses it. A second
+// statement writes the missed rows, found by key; a row missed again is no
 // longer the worker's.
 func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, claims []int32, statuses []string,
 	errs []*string, counted []bool, dues []*time.Time) (map[rowID]bool, error) {
 	written := make(map[rowID]bool, len(ids))
-	err := w.retry(w.writeCtx, "write results", func() error {
-		clear(written)
-		return w.db.tidOnly(w.writeCtx, func(rows pgx.Rows) error {
+	// mark records the rows a statement wrote: it returns the positions,
+	// from 1, in the arrays it was given, whose keys are ids and keys.
+	mark := func(ids []pgtype.UUID, keys []string) func(pgx.Rows) error {
+		return func(rows pgx.Rows) error {
 			var i int
 			_, err := pgx.ForEachRow(rows, []any{&i}, func() error {
 				written[rowID{ids[i-1].Bytes, keys[i-1]}] = true
 				return nil
 			})
 			return err
-		}, completeSQL, ctids, ids, keys, claims, statuses, errs, counted, dues, w.deadBy, pgUUID(w.id))
+		}
+	}
+	err := w.retry(w.writeCtx, "write results", func() error {
+		clear(written)
+		return w.db.tidOnly(w.writeCtx, mark(ids, keys), completeSQL,
+			ctids, ids, keys, claims, statuses, errs, counted, dues, w.deadBy, pgUUID(w.id))
 	})
-	if err != nil {
+	if err != nil || len(written) == len(ids) {
 		return written, err
 	}
+	var (
+		mIDs      []pgtype.UUID
+		mKeys     []string
+		mClaims   []int32
+		mStatuses []string
+		mErrs     []*string
+		mCounted  []bool
+		mDues     []*time.Time
+	)
 	for i := range ids {
-		k := rowID{ids[i].Bytes, keys[i]}
-		if written[k] {
-			continue
-		}
-		err := w.retry(w.writeCtx, "write a result", func() error {
-			tag, err := w.db.exec(w.writeCtx, completeOneSQL, ids[i], keys[i], claims[i], statuses[i], errs[i],
-				counted[i], dues[i], w.deadBy, pgUUID(w.id))
-			if err == nil && tag.RowsAffected() == 1 {
-				written[k] = true
-			}
-			return err
-		})
-		if err != nil {
-			return written, err
+		if !written[rowID{ids[i].Bytes, keys[i]}] {
+			mIDs, mKeys, mClaims, mStatuses = append(mIDs, ids[i]), append(mKeys, keys[i]), append(mClaims, claims[i]), append(mStatuses, statuses[i])
+			mErrs, mCounted, mDues = append(mErrs, errs[i]), append(mCounted, counted[i]), append(mDues, dues[i])
 		}
 	}
-	return written, nil
+	err = w.retry(w.writeCtx, "write moved results", func() error {
+		for i := range mIDs {
+			delete(written, rowID{mIDs[i].Bytes, mKeys[i]})
+		}
+		return w.db.keyOnly(w.writeCtx, mark(mIDs, mKeys), completeByKeySQL,
+			mIDs, mKeys, mClaims, mStatuses, mErrs, mCounted, mDues, w.deadBy, pgUUID(w.id))
+	})
+	return written, err
 }
 
 // deadRecord describes a row that dies with err.
@@ -185,9 +196,9 @@ func (w *worker) renew(items []renewItem) ([]renewedRow, []renewItem, error) {
 	}
 	var renewed []renewedRow
 	var lost []renewItem
-	// A renewal that takes longer than half a lease is of no use: the
-	// owner gives the rows up meanwhile (see owner.expire).
-	ctx, cancel := context.WithTimeout(w.ioCtx, w.cfg.lease/2)
+	// A renewal that takes longer is of no use: the owner gives the rows
+	// up meanwhile (see owner.expire).
+	ctx, cancel := context.WithTimeout(w.ioCtx, renewTimeout(w.cfg.lease))
 	defer cancel()
 	err := w.db.noFlush(ctx, func(rows pgx.Rows) error {
 		var id pgtype.UUID
