@@ -214,6 +214,10 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	endsBy := time.Now().Add(w.cfg.lease) // the database counted from before now
+	for _, j := range jobs {
+		j.leaseEndsBy = endsBy
+	}
 	if len(jobs) > 0 {
 		w.send(event{kind: evClaimed, jobs: jobs})
 	}

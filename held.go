@@ -89,8 +89,9 @@ type job struct {
 	// writer reaches it there without an index lookup.
 	ctid pgtype.TID
 	// leaseUntil is when the lease ends, counted from when the claim or
-	// the latest renewal was sent.
-	leaseUntil time.Time
+	// the latest renewal was sent: no later than the database's count.
+	// leaseEndsBy is no earlier: counted from when the answer came.
+	leaseUntil, leaseEndsBy time.Time
 
 	state    jobState
 	deadline time.Time   // running: leases are renewed, and the handler waited for, until then
@@ -359,12 +360,13 @@ func (h *held) lose(items []renewItem) (cancel []*job, n int) {
 	return cancel, n
 }
 
-// renewed records the renewal of rows: their leases last until until, and
-// their new ctids. A row being written keeps the ctid the writer has.
-func (h *held) renewed(rows []renewedRow, until time.Time) {
+// renewed records the renewal of rows: their leases last until until (by
+// endsBy at the latest), and their new ctids. A row being written keeps
+// the ctid the writer has.
+func (h *held) renewed(rows []renewedRow, until, endsBy time.Time) {
 	for _, r := range rows {
 		if j, ok := h.jobs[r.rowID]; ok && j.claim == r.claim {
-			j.leaseUntil = until
+			j.leaseUntil, j.leaseEndsBy = until, endsBy
 			if j.state != writing {
 				j.ctid = r.ctid
 			}
@@ -374,15 +376,20 @@ func (h *held) renewed(rows []renewedRow, until time.Time) {
 
 // expire is lose for the queued and running rows whose leases end before
 // by, except those whose leases end at or after wait (zero: none waits).
-func (h *held) expire(by, wait time.Time) ([]*job, int) {
+// It also returns by when the last of those leases has ended.
+func (h *held) expire(by, wait time.Time) (cancel []*job, n int, last time.Time) {
 	var items []renewItem
 	for id, j := range h.jobs {
 		if (j.state == queued || j.state == running) && j.leaseUntil.Before(by) &&
 			(wait.IsZero() || j.leaseUntil.Before(wait)) {
 			items = append(items, renewItem{id, j.claim})
+			if j.leaseEndsBy.After(last) {
+				last = j.leaseEndsBy
+			}
 		}
 	}
-	return h.lose(items)
+	cancel, n = h.lose(items)
+	return cancel, n, last
 }
 
 func (h *held) unqueue(j *job) {

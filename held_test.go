@@ -152,8 +152,8 @@ func TestHeldLose(t *testing.T) {
 	// Leases not renewed: the two queued rows' leases (zero here, as
 	// never renewed) end before any deadline.
 	jobs[3].leaseUntil = now.Add(time.Hour) // renewed: kept
-	h.renewed([]renewedRow{{renewItem{jobs[3].rowID, jobs[3].claim}, jobs[3].ctid}}, now.Add(time.Hour))
-	cancel, n = h.expire(now.Add(time.Minute), time.Time{})
+	h.renewed([]renewedRow{{renewItem{jobs[3].rowID, jobs[3].claim}, jobs[3].ctid}}, now.Add(time.Hour), now.Add(time.Hour))
+	cancel, n, _ = h.expire(now.Add(time.Minute), time.Time{})
 	if n != 1 || len(cancel) != 0 || len(h.jobs) != 1 || h.jobs[jobs[3].rowID] != jobs[3] {
 		t.Fatalf("expire: %d lost, %d cancelled, %d still held; want the unrenewed queued row lost, the renewed kept", n, len(cancel), len(h.jobs))
 	}
@@ -219,10 +219,16 @@ func TestHeldExpire(t *testing.T) {
 	soon, later := now.Add(time.Second), now.Add(3*time.Second)
 	running.leaseUntil, returning.leaseUntil = soon, soon
 	waiting[0].leaseUntil, waiting[1].leaseUntil, waiting[2].leaseUntil = soon, later, now.Add(time.Hour)
+	// By when the database has ended the leases: the latest of the lost
+	// rows' bounds is when to look for them again.
+	running.leaseEndsBy, waiting[0].leaseEndsBy = soon.Add(time.Second), soon.Add(time.Millisecond)
 	by, wait := now.Add(5*time.Second), now.Add(2*time.Second)
-	cancel, n := h.expire(by, wait)
+	cancel, n, last := h.expire(by, wait)
 	if n != 2 || !slices.Equal(cancel, []*job{running}) || running.state != lost {
 		t.Fatalf("expire with a renewal under way: %d lost, cancelled %d; want the running and one queued row lost, the running one cancelled", n, len(cancel))
+	}
+	if !last.Equal(soon.Add(time.Second)) {
+		t.Fatalf("expire: the lost leases have ended by %v, want %v", last, soon.Add(time.Second))
 	}
 	if _, ok := h.jobs[waiting[0].rowID]; ok {
 		t.Fatal("a queued row whose lease ends before the renewal could save it is still held")
@@ -233,7 +239,7 @@ func TestHeldExpire(t *testing.T) {
 	if returning.state != returned || !slices.Contains(h.takeWrites(), returning) {
 		t.Fatal("a returned row with an ending lease is not written")
 	}
-	if _, n := h.expire(by, time.Time{}); n != 1 {
+	if _, n, _ := h.expire(by, time.Time{}); n != 1 {
 		t.Fatalf("expire with no renewal under way: %d lost, want the queued row ending before by", n)
 	}
 }

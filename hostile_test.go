@@ -588,27 +588,36 @@ func TestPollOnly(t *testing.T) {
 // A lease that cannot be renewed (here another transaction holds the row's
 // lock, so every renewal skips it) makes the worker cancel the handler,
 // with ErrLeaseLost as the cause, before the lease runs out, although no
-// renewal statement failed.
+// renewal statement failed. Once the lease has ended the worker claims the
+// row again by itself: no notification announces it, and this worker
+// polls once an hour.
 func TestUnrenewableLeaseCancelsHandler(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := newPool(t)
 	const lease = 900 * time.Millisecond
-	started := make(chan struct{})
+	started := make(chan int, 2)
 	cause := make(chan error, 1)
 	reg := inbox.NewRegistry()
 	reg.On("e", inbox.HandlerFunc("h", func(ctx context.Context, _ []byte) error {
-		close(started)
+		a, _ := inbox.AttemptFromContext(ctx)
+		started <- a.Number
+		if a.Number > 1 {
+			return nil
+		}
 		<-ctx.Done()
 		cause <- context.Cause(ctx)
 		return ctx.Err()
 	}))
-	ib := start(t, pool, reg, fast(t, inbox.WithLease(lease), inbox.WithHandlerTimeout(time.Hour))...)
+	ib := start(t, pool, reg, fast(t, inbox.WithLease(lease), inbox.WithHandlerTimeout(time.Hour),
+		inbox.WithIterationRate(time.Hour))...)
 	id := uuid.New()
 	if err := ib.Client().Set(ctx, record(t, id, "e", "")); err != nil {
 		t.Fatal(err)
 	}
-	<-started
+	if n := <-started; n != 1 {
+		t.Fatalf("first run is attempt %d", n)
+	}
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -633,4 +642,16 @@ func TestUnrenewableLeaseCancelsHandler(t *testing.T) {
 	case <-time.After(10 * lease):
 		t.Fatal("the handler was not cancelled although its lease was not renewed")
 	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-started:
+		if n != 2 {
+			t.Fatalf("run after the lease ended is attempt %d, want 2", n)
+		}
+	case <-time.After(10 * lease):
+		t.Fatal("the row was not claimed again within 10 leases after the worker gave it up")
+	}
+	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Done: 1})
 }

@@ -17,6 +17,9 @@ type owner struct {
 	writing    bool      // the writer has a batch
 	renewing   bool      // the renewer has a batch
 	renewSent  time.Time // when the renewer's batch was handed out
+	// renewFailedAt is when the latest failed renewal gave up: it may have
+	// extended leases until a lease after.
+	renewFailedAt time.Time
 }
 
 // maxEventsPerTurn bounds how many events the owner handles before it
@@ -36,6 +39,14 @@ const (
 	renewEvery   = 4 // L/4
 	expireWithin = 4 // L/4
 )
+
+// later returns the later of two times.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
 
 // renewTimeout is how long a renewal may take: longer, and the owner has
 // given its rows up (see owner.expire).
@@ -136,12 +147,15 @@ func (o *owner) handle(ev event) {
 	case evRenewed:
 		o.renewing = false
 		if ev.err != nil {
+			// It may have renewed some leases all the same, until now+L.
+			o.renewFailedAt = time.Now()
 			w.report(fmt.Errorf("inbox: renew leases: %w", ev.err))
 			o.expire()
 			return
 		}
-		// A renewed lease lasts from when the renewal was sent.
-		h.renewed(ev.renewed, o.renewSent.Add(w.cfg.lease))
+		// A renewed lease lasts from when the renewal was sent, as this
+		// worker counts; the database counted from some time before now.
+		h.renewed(ev.renewed, o.renewSent.Add(w.cfg.lease), time.Now().Add(w.cfg.lease))
 		if cancel, n := h.lose(ev.lost); n > 0 {
 			w.cancelLost(cancel, "taken over")
 			w.report(fmt.Errorf("%w: %d rows were taken over by another worker or removed", ErrLeaseLost, n))
@@ -189,7 +203,8 @@ func (o *owner) watch() {
 // with a quarter of a lease, should it fail, waits for it. Leases are
 // counted from when the claim or renewal was sent, which is earlier than
 // the database's own count. A row whose handler has returned is left to
-// the writer: its write is guarded by the claim.
+// the writer: its write is guarded by the claim. The claimer wakes when
+// the given-up leases have ended, to claim the rows again.
 func (o *owner) expire() {
 	w := o.w
 	now := time.Now()
@@ -197,10 +212,17 @@ func (o *owner) expire() {
 	if o.renewing && now.Sub(o.renewSent) < renewTimeout(w.cfg.lease) {
 		wait = o.renewSent.Add(renewTimeout(w.cfg.lease) + w.cfg.lease/expireWithin)
 	}
-	cancel, n := o.h.expire(now.Add(w.cfg.lease/expireWithin), wait)
+	cancel, n, last := o.h.expire(now.Add(w.cfg.lease/expireWithin), wait)
 	if n > 0 {
 		w.cancelLost(cancel, "lease not renewed in time")
 		w.report(fmt.Errorf("%w: leases of %d rows could not be renewed in time; they will be retried", ErrLeaseLost, n))
+		// No notification tells when the leases end: wake the claimer by
+		// then, counting with renewals that may have extended them.
+		if o.renewing {
+			last = later(last, o.renewSent.Add(renewTimeout(w.cfg.lease)+w.cfg.lease))
+		}
+		last = later(last, o.renewFailedAt.Add(w.cfg.lease))
+		w.scheduleRetries([]time.Time{last.Add(w.cfg.lease / tickDivisor)})
 	}
 }
 
