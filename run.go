@@ -172,8 +172,16 @@ func guest(fn func() error) (err error) {
 }
 
 // runTx runs a TxHandler in a transaction that also marks its row done,
-// and reports whether that transaction committed.
+// and reports whether that transaction committed. At most txSlotsFor(pool
+// size) of a worker's TxHandlers hold a transaction at once; the others
+// wait, within their timeouts, as they would for the pool.
 func (w *worker) runTx(ctx context.Context, j *job, payload []byte) (bool, error) {
+	select {
+	case w.txSlots <- struct{}{}:
+		defer func() { <-w.txSlots }()
+	case <-ctx.Done():
+		return false, fmt.Errorf("wait for a connection: %w", context.Cause(ctx))
+	}
 	tx, err := w.db.pool.Begin(ctx)
 	if err != nil {
 		return false, fmt.Errorf("begin transaction: %w", err)

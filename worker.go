@@ -75,6 +75,10 @@ type worker struct {
 	hardStop   chan struct{} // closed by Stop when its context ends
 	ownerDone  chan struct{} // closed when the owner returns
 
+	// txSlots bounds the TxHandler transactions open at once, so that
+	// they leave the pool connections for claims, writes and renewals.
+	txSlots chan struct{}
+
 	deadCalls *deadCallbacks
 	errCalls  *errorCallbacks
 	guests    sync.Map // goroutine id → struct{}: goroutines that run user code
@@ -136,6 +140,7 @@ func newWorker(ib *Inbox) *worker {
 		stopClaims: make(chan struct{}),
 		hardStop:   make(chan struct{}),
 		ownerDone:  make(chan struct{}),
+		txSlots:    make(chan struct{}, txSlotsFor(ib.db.pool.Config().MaxConns)),
 	}
 	if cfg.hasDead {
 		w.deadBy = pgUUID(ib.id)
@@ -256,6 +261,14 @@ func (w *worker) report(err error) {
 	w.log.Error("inbox: worker error", "error", err)
 	w.errCalls.add(err)
 }
+
+// reservedConns is how many of the pool's connections TxHandler
+// transactions leave free: for the claimer, the writer and the renewer.
+const reservedConns = 3
+
+// txSlotsFor is how many TxHandler transactions a worker opens at once on
+// a pool of maxConns connections.
+func txSlotsFor(maxConns int32) int { return int(max(1, maxConns-reservedConns)) }
 
 // grace is how long a runner waits for a handler whose context has ended
 // before it records the attempt as failed and frees the slot.
