@@ -120,7 +120,11 @@ func pooledScenario(t *testing.T, bouncer *pgbouncer.Bouncer, mode pgx.QueryExec
 		}),
 	)
 	var probeErrs atomic.Int32
-	opts := fast(t, inbox.WithTransactionPooler(), inbox.WithMaxRetryAttempt(10),
+	// Leases of the default length: four server connections shared by two
+	// workers, their TxHandlers and four clients, under the race detector
+	// on a loaded machine, can hold a renewal up longer than a one-second
+	// lease allows, and a handler given up runs again.
+	opts := fast(t, inbox.WithTransactionPooler(), inbox.WithMaxRetryAttempt(10), inbox.WithLease(inbox.DefaultLease),
 		inbox.OnErrorCallback(func(err error) {
 			if errors.Is(err, inbox.ErrNotifyUnavailable) {
 				probeErrs.Add(1)
