@@ -655,3 +655,69 @@ func TestUnrenewableLeaseCancelsHandler(t *testing.T) {
 	}
 	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Done: 1})
 }
+
+// TxHandlers that hold their transactions longer than a lease, more of
+// them than the pool has connections, do not starve the worker's lease
+// renewals: a worker opens at most the pool's size minus three TxHandler
+// transactions, and the others wait for a turn.
+func TestLongTxHandlersLeaveConnectionsForRenewals(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	schema := newSchema(t)
+	pool := schemaPool(t, schema, 5) // two TxHandler transactions at once
+	if err := inbox.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	const lease, events = 900 * time.Millisecond, 6
+	release := make(chan struct{})
+	var inTx, most atomic.Int32
+	reg := inbox.NewRegistry()
+	reg.On("e", inbox.TxHandlerFunc("h", func(ctx context.Context, tx pgx.Tx, _ []byte) error {
+		n := inTx.Add(1)
+		defer inTx.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}))
+	var leaseErrs atomic.Int32
+	ib := start(t, pool, reg, fast(t, inbox.WithLease(lease), inbox.WithConcurrency(events),
+		inbox.OnErrorCallback(func(err error) {
+			if errors.Is(err, inbox.ErrLeaseLost) {
+				leaseErrs.Add(1)
+			}
+		}))...)
+	var recs []*inbox.Record
+	for range events {
+		recs = append(recs, record(t, uuid.New(), "e", ""))
+	}
+	if err := ib.Client().Set(ctx, recs...); err != nil {
+		t.Fatal(err)
+	}
+	// Hold the transactions until the leases have been renewed twice over
+	// (the database's due times moved past two leases from the claim).
+	var first time.Time
+	eventually(t, 10*time.Second, "TxHandlers in their transactions", func() (bool, error) {
+		return inTx.Load() >= 2, nil
+	})
+	if err := pool.QueryRow(ctx, `SELECT min(due_at) FROM inbox_records WHERE status = 'progress'`).Scan(&first); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*lease, "leases renewed while TxHandlers hold their transactions", func() (bool, error) {
+		var due time.Time
+		err := pool.QueryRow(ctx, `SELECT min(due_at) FROM inbox_records WHERE status = 'progress'`).Scan(&due)
+		return due.After(first.Add(2 * lease)), err
+	})
+	close(release)
+	waitCounts(t, ib, 30*time.Second, map[inbox.Status]int{inbox.Done: events})
+	if m := most.Load(); m != 2 {
+		t.Fatalf("%d TxHandlers held transactions at once on a pool of 5, want 2", m)
+	}
+	if n := leaseErrs.Load(); n != 0 {
+		t.Fatalf("%d lease errors reported: renewals waited behind TxHandlers", n)
+	}
+}
