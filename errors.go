@@ -98,6 +98,20 @@ var (
 	// [WithoutNotify].
 	ErrNotifyUnavailable = errors.New("inbox: notifications do not arrive on the LISTEN connection")
 
+	// ErrInvalidFilter reports a bad argument to one of [Admin]'s methods:
+	// a filter, limit, page token or target it cannot use. Nothing was
+	// changed.
+	ErrInvalidFilter = errors.New("inbox: invalid filter")
+
+	// ErrNotFound reports that what an [Admin] method was asked about (an
+	// event, a row, a pause) is not stored.
+	ErrNotFound = errors.New("inbox: not found")
+
+	// ErrPayloadErased reports rows that [Admin.Replay] could not replay
+	// because retention erased their payloads ([WithPayloadRetention]);
+	// the rows stay as they were.
+	ErrPayloadErased = errors.New("inbox: payload erased")
+
 	// ErrErrorsDropped is passed to the [ErrorCallback] when errors were
 	// left out because the callback did not keep up; the message says how
 	// many. Each of them was logged.

@@ -115,3 +115,48 @@ func compact(err error) (error, string) {
 	}
 	return te, b
 }
+
+// leaseExpiredType is the error type stored for an attempt whose lease
+// expired.
+const leaseExpiredType = "inbox.ErrLeaseExpired"
+
+// sentinelNames name the package's own failures in a row's error type.
+var sentinelNames = map[error]string{
+	ErrHandlerTimeout: "inbox.ErrHandlerTimeout",
+	ErrLeaseExpired:   leaseExpiredType,
+	ErrLeaseLost:      "inbox.ErrLeaseLost",
+	ErrDiscarded:      "inbox.ErrDiscarded",
+	ErrTxControl:      "inbox.ErrTxControl",
+	ErrRetryAfter:     "inbox.ErrRetryAfter",
+}
+
+// errorType names the type of err's root cause, for grouping failures
+// ([Admin.DeadGroups]): one of the package's sentinels by name, else the
+// Go type of the innermost error of the chain (the first of each joined
+// list), such as *net.OpError or *inbox.PanicError.
+func errorType(err error) string {
+	for _, s := range []error{ErrHandlerTimeout, ErrLeaseLost, ErrTxControl, ErrDiscarded} {
+		if errors.Is(err, s) {
+			return sentinelNames[s]
+		}
+	}
+	for {
+		var next error
+		switch e := err.(type) {
+		case interface{ Unwrap() error }:
+			next = e.Unwrap()
+		case interface{ Unwrap() []error }:
+			if errs := e.Unwrap(); len(errs) > 0 {
+				next = errs[0]
+			}
+		}
+		if next == nil {
+			break
+		}
+		err = next
+	}
+	if name, ok := sentinelNames[err]; ok {
+		return name
+	}
+	return fmt.Sprintf("%T", err)
+}

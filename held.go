@@ -70,7 +70,9 @@ type result struct {
 	// only when its text was short enough.
 	err error
 	// text is err's bounded text, as stored.
-	text  string
+	text string
+	// etype names the type of err's root cause, as stored (errorType).
+	etype string
 	after time.Duration // resRetryAfter
 }
 

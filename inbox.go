@@ -121,15 +121,7 @@ func (i *Inbox) Lookup(ctx context.Context, eventID uuid.UUID) ([]RecordState, e
 	if err != nil {
 		return nil, fmt.Errorf("inbox: lookup %s: %w", eventID, err)
 	}
-	states, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RecordState, error) {
-		var s RecordState
-		var status string
-		var id pgtype.UUID
-		err := row.Scan(&id, &s.EventType, &s.HandlerKey, &status, &s.Attempts, &s.MaxAttempts, &s.LastError,
-			&s.PayloadErased, &s.EventDate, &s.CreatedAt, &s.UpdatedAt, &s.NextAttemptAt)
-		s.EventID, s.Status = id.Bytes, Status(status)
-		return s, err
-	})
+	states, err := pgx.CollectRows(rows, scanState)
 	if err != nil {
 		return nil, fmt.Errorf("inbox: lookup %s: %w", eventID, err)
 	}
@@ -175,21 +167,25 @@ func (i *Inbox) OldestDue(ctx context.Context) (time.Duration, error) {
 
 // Worker describes a running Inbox, as recorded by its heartbeat.
 type Worker struct {
-	ID         uuid.UUID
-	Hostname   string
-	PID        int
-	EventTypes []string
-	StartedAt  time.Time
+	ID         uuid.UUID `json:"id"`
+	Hostname   string    `json:"hostname"`
+	PID        int       `json:"pid"`
+	EventTypes []string  `json:"event_types"`
+	StartedAt  time.Time `json:"started_at"`
 	// BeatAt is the worker's latest heartbeat. A live worker beats at least
 	// once per lease.
-	BeatAt time.Time
+	BeatAt time.Time `json:"beat_at"`
 }
 
 // Workers lists the live workers on this inbox table, from any process:
 // those whose latest heartbeat has not expired. An empty list means no
 // worker is running.
 func (i *Inbox) Workers(ctx context.Context) ([]Worker, error) {
-	rows, err := i.db.query(ctx, workersSQL)
+	return workers(ctx, i.db)
+}
+
+func workers(ctx context.Context, d db) ([]Worker, error) {
+	rows, err := d.query(ctx, workersSQL)
 	if err != nil {
 		return nil, fmt.Errorf("inbox: workers: %w", err)
 	}

@@ -75,6 +75,10 @@ func injectionPayloads(t *testing.T) [][]byte {
 // types, handler keys and payloads whose contents, are hostile SQL; all of
 // it must round-trip exactly, wake-ups by LISTEN/NOTIFY must work, and
 // nothing outside the inbox's own schema may be touched.
+// inboxTables are the tables Migrate creates, in name order.
+var inboxTables = []string{"inbox_count_deltas", "inbox_counts", "inbox_history", "inbox_maintenance", "inbox_pauses",
+	"inbox_records", "inbox_schema_lock", "inbox_schema_version", "inbox_throughput", "inbox_workers"}
+
 func TestInjection(t *testing.T) {
 	t.Parallel()
 	seq := schemaSeq.Add(1)
@@ -138,7 +142,7 @@ func (c *injectionCanary) check(t *testing.T) {
 		c.schema).Scan(&tables); err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"canary_rows", "inbox_maintenance", "inbox_records", "inbox_schema_lock", "inbox_schema_version", "inbox_workers"}; !slices.Equal(tables, want) {
+	if want := append([]string{"canary_rows"}, inboxTables...); !slices.Equal(tables, want) {
 		t.Errorf("canary schema has tables %q, want %q", tables, want)
 	}
 	var notes string
@@ -367,6 +371,26 @@ func injectionRun(t *testing.T, schema string) {
 		t.Errorf("Workers event types %q, want %q", got, wantTypes)
 	}
 
+	// The operators' API works in the hostile schema, with hostile filters.
+	admin := ib.Admin()
+	if _, err := admin.Stats(ctx); err != nil {
+		t.Errorf("Stats in schema %q: %v", schema, err)
+	}
+	for _, name := range injectionNames {
+		f := inbox.Filter{EventType: name, HandlerKey: name, ErrorContains: name}
+		if _, err := admin.Count(ctx, f); err != nil {
+			t.Errorf("Count with filter %q: %v", name, err)
+		}
+		if _, err := admin.DeadGroups(ctx, f, 0); err != nil {
+			t.Errorf("DeadGroups with filter %q: %v", name, err)
+		}
+		if err := admin.Pause(ctx, name, name, name, name); err != nil {
+			t.Errorf("Pause %q: %v", name, err)
+		} else if err := admin.Resume(ctx, name, name); err != nil {
+			t.Errorf("Resume %q: %v", name, err)
+		}
+	}
+
 	// Only the hostile schema holds the inbox; nothing else changed.
 	var tables []string
 	if err := pool.QueryRow(ctx,
@@ -374,7 +398,7 @@ func injectionRun(t *testing.T, schema string) {
 		schema).Scan(&tables); err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"inbox_maintenance", "inbox_records", "inbox_schema_lock", "inbox_schema_version", "inbox_workers"}; !slices.Equal(tables, want) {
+	if want := inboxTables; !slices.Equal(tables, want) {
 		t.Errorf("schema %q has tables %q, want %q", schema, tables, want)
 	}
 	canary.check(t)

@@ -26,7 +26,8 @@ func (w *worker) beat(ctx context.Context) error {
 	return nil
 }
 
-// maintainLoop beats and adopts orphaned dead callbacks once per lease,
+// maintainLoop beats, folds the table's counters and adopts orphaned
+// dead callbacks once per lease,
 // and tries to run retention every erase interval, the first time after a
 // random part of the first interval (at most a minute) so that instances
 // started together do not try together. Of the instances sharing a table,
@@ -43,6 +44,7 @@ func (w *worker) maintainLoop() {
 			return
 		case <-beat.C:
 			w.maintain(w.beat(w.ctx), "")
+			w.maintain(foldCounts(w.ctx, w.db), "fold the table's counters")
 			_, err := w.db.exec(w.ctx, workerPruneSQL)
 			w.maintain(err, "prune worker heartbeats")
 			if w.cfg.hasDead {
@@ -89,7 +91,7 @@ func (w *worker) retention(ctx context.Context) error {
 	now := time.Now()
 	dedup := now.AddDate(0, 0, -w.cfg.retentionDays)
 	payloads := now.AddDate(0, 0, -w.cfg.payloadDays)
-	deleted, erased, err := eraseFinished(ctx, w.db, dedup, payloads, func() error {
+	deleted, erased, err := eraseFinished(ctx, w.db, dedup, payloads, func(int64, int64) error {
 		ok, err := take()
 		if err != nil {
 			return fmt.Errorf("renew the retention lease: %w", err)
@@ -106,16 +108,19 @@ func (w *worker) retention(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if _, err := pruneHistory(ctx, w.db, dedup); err != nil {
+		return fmt.Errorf("delete old history: %w", err)
+	}
 	_, err = w.db.exec(ctx, retentionDoneSQL, pgUUID(w.id))
 	return err
 }
 
 // eraseFinished walks the table in chunks of blocks, deleting done and dead
 // rows last changed before dedup and erasing the payloads of done rows last
-// changed before payloads. keep is called between chunks and stops the walk
-// when it fails. Rows moved by concurrent updates into blocks already
+// changed before payloads. keep is called between chunks, with the rows
+// deleted and payloads erased so far, and stops the walk when it fails. Rows moved by concurrent updates into blocks already
 // walked wait for the next run.
-func eraseFinished(ctx context.Context, d db, dedup, payloads time.Time, keep func() error) (deleted, erased int64, err error) {
+func eraseFinished(ctx context.Context, d db, dedup, payloads time.Time, keep func(deleted, erased int64) error) (deleted, erased int64, err error) {
 	var blocks int64
 	if err := d.queryRow(ctx, tableBlocksSQL).Scan(&blocks); err != nil {
 		return 0, 0, err
@@ -125,7 +130,7 @@ func eraseFinished(ctx context.Context, d db, dedup, payloads time.Time, keep fu
 	}
 	for from := int64(0); from < blocks; from += retentionChunk {
 		if from > 0 {
-			if err := keep(); err != nil {
+			if err := keep(deleted, erased); err != nil {
 				return deleted, erased, err
 			}
 		}

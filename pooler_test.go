@@ -215,6 +215,36 @@ func pooledScenario(t *testing.T, bouncer *pgbouncer.Bouncer, mode pgx.QueryExec
 			t.Errorf("%s: %s after %d attempts, want done after %d", s.HandlerKey, s.Status, s.Attempts, max(want, 1))
 		}
 	}
+	// The operators' API works through the pooler too: counters, groups,
+	// pause and a replay of done rows that runs them again.
+	admin := a.Admin()
+	stats, err := admin.Stats(ctx)
+	if err != nil || len(stats) != 4 {
+		t.Fatalf("Stats through PgBouncer: %+v, %v", stats, err)
+	}
+	for _, h := range stats {
+		if h.Done != int64(n) {
+			t.Fatalf("Stats through PgBouncer: %s has %d done rows, want %d", h.HandlerKey, h.Done, n)
+		}
+	}
+	if _, err := admin.DeadGroups(ctx, inbox.Filter{}, 0); err != nil {
+		t.Fatalf("DeadGroups through PgBouncer: %v", err)
+	}
+	if err := admin.Pause(ctx, "", "nobody", "test", "pooler"); err != nil {
+		t.Fatalf("Pause through PgBouncer: %v", err)
+	}
+	if err := admin.ReplayRow(ctx, ids[0][0], "flaky", inbox.ActionOptions{Actor: "test"}); err != nil {
+		t.Fatalf("ReplayRow through PgBouncer: %v", err)
+	}
+	eventually(t, 30*time.Second, "the replayed row to run again", func() (bool, error) {
+		states, err := a.Lookup(ctx, ids[0][0])
+		for _, s := range states {
+			if s.HandlerKey == "flaky" {
+				return s.Status == inbox.Done && s.Attempts >= 1, err
+			}
+		}
+		return false, err
+	})
 	if !direct {
 		eventually(t, 10*time.Second, "both Inboxes to find that LISTEN does not work through PgBouncer",
 			func() (bool, error) { return probeErrs.Load() == 2, nil })

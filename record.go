@@ -139,4 +139,8 @@ type RecordState struct {
 	// NextAttemptAt is when the row is next due, for Null and Failed rows;
 	// nil otherwise.
 	NextAttemptAt *time.Time
+	// ErrorType names the type of the last failure's root cause: the Go
+	// type (such as "*net.OpError"), or the inbox's own failure (such as
+	// "inbox.ErrHandlerTimeout"); "" before any failure.
+	ErrorType string
 }

@@ -144,7 +144,7 @@ func (w *worker) failed(ctx context.Context, j *job, err error) result {
 			kind = resRetryAfter
 		}
 		e, text := compact(err)
-		return result{kind: kind, err: e, text: text, after: o.after}
+		return result{kind: kind, err: e, text: text, etype: errorType(err), after: o.after}
 	}
 	if ctx.Err() != nil {
 		switch cause := context.Cause(ctx); {
@@ -156,7 +156,7 @@ func (w *worker) failed(ctx context.Context, j *job, err error) result {
 		}
 	}
 	e, text := compact(err)
-	return result{kind: resFailed, err: e, text: text}
+	return result{kind: resFailed, err: e, text: text, etype: errorType(err)}
 }
 
 // guest calls user code, turning a panic into a *PanicError.

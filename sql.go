@@ -86,8 +86,11 @@ const noFlushSQL = `SELECT set_config('synchronous_commit', 'off', true),
        set_config('enable_sort', 'off', true), set_config('jit', 'off', true),
        set_config('plan_cache_mode', 'force_generic_plan', true)`
 
+// pausedSQL finds a pause (Admin.Pause) of the pair p(t, k).
+const pausedSQL = `SELECT FROM inbox_pauses s WHERE s.event_type IN ('', p.t) AND s.handler_key IN ('', p.k)`
+
 // claimSQL locks up to $3 due rows of the registered (event type, handler
-// key) pairs $1, $2, oldest due first, skipping rows other workers hold,
+// key) pairs $1, $2 that are not paused, oldest due first, skipping rows other workers hold,
 // and leases them to worker $5 for $6 milliseconds, counting an attempt.
 // A row whose lease expired (its worker died) is claimed again, its lost
 // attempt recorded ($7); if it has used up its own max_attempts it becomes
@@ -135,7 +138,8 @@ WITH due AS MATERIALIZED (
     FROM inbox_records
     WHERE status IN ('', 'failed', 'progress')
       AND due_at <= now()
-      AND (event_type, handler_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+      AND (event_type, handler_key) IN (SELECT * FROM unnest($1::text[], $2::text[]) AS p(t, k)
+                                        WHERE NOT EXISTS (` + pausedSQL + `))
     ORDER BY due_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -151,6 +155,7 @@ WITH due AS MATERIALIZED (
         last_error       = CASE WHEN r.status = 'progress'
                                 THEN 'attempt ' || r.attempts || ': ' || $7::text
                                 ELSE r.last_error END,
+        error_type       = CASE WHEN r.status = 'progress' THEN '` + leaseExpiredType + `' ELSE r.error_type END,
         locked_by        = CASE WHEN r.attempts >= r.max_attempts THEN NULL ELSE $5::uuid END,
         dead_callback_by = CASE WHEN r.attempts >= r.max_attempts THEN $8::uuid END,
         due_at           = CASE WHEN r.attempts >= r.max_attempts THEN r.due_at
@@ -180,7 +185,8 @@ WHERE event_id = $1 AND handler_key = $2 AND status = 'progress' AND locked_by =
 // row), and written only while worker $10 still holds it for that claim, $4
 // (claims only grow), so a late writer never overwrites a newer attempt. A NULL error or due time keeps
 // the stored one; $7[i] false takes back the attempt the claim counted (a
-// row handed back unstarted, or a handler that asked to retry later). A
+// row handed back unstarted, or a handler that asked to retry later); $11
+// are the errors' types (NULL keeps the stored one). A
 // row that becomes dead owes its dead callback to $9 (NULL: no callback).
 // It returns the positions (from 1) of the rows written. A row updated since its ctid was read (its
 // lease renewed meanwhile) has moved and is missed; completeByKeySQL writes
@@ -188,8 +194,8 @@ WHERE event_id = $1 AND handler_key = $2 AND status = 'progress' AND locked_by =
 var completeSQL = `
 UPDATE inbox_records AS r
 SET ` + completeSet("$9") + `
-FROM unnest($1::tid[], $2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[], $7::bool[], $8::timestamptz[])
-     WITH ORDINALITY AS v(row_ctid, event_id, handler_key, claims, status, last_error, counted, due_at, i)
+FROM unnest($1::tid[], $2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[], $7::bool[], $8::timestamptz[], $11::text[])
+     WITH ORDINALITY AS v(row_ctid, event_id, handler_key, claims, status, last_error, counted, due_at, error_type, i)
 WHERE r.ctid = v.row_ctid AND r.event_id = v.event_id AND r.handler_key = v.handler_key
   AND r.status = 'progress' AND r.locked_by = $10::uuid AND r.claims = v.claims
 RETURNING v.i`
@@ -197,13 +203,13 @@ RETURNING v.i`
 // completeByKeySQL is completeSQL for the rows it missed, each found
 // through the primary key by $1 event id and $2 handler key (run after
 // keyOnlySQL: an index lookup per row), with the other arguments shifted
-// by one. A row updated meanwhile is written too: the lookup's conditions
+// by one ($10: the errors' types). A row updated meanwhile is written too: the lookup's conditions
 // are checked again on its new version.
 var completeByKeySQL = `
 UPDATE inbox_records AS r
 SET ` + completeSet("$8") + `
-FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bool[], $7::timestamptz[])
-     WITH ORDINALITY AS v(event_id, handler_key, claims, status, last_error, counted, due_at, i)
+FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bool[], $7::timestamptz[], $10::text[])
+     WITH ORDINALITY AS v(event_id, handler_key, claims, status, last_error, counted, due_at, error_type, i)
 WHERE r.event_id = v.event_id AND r.handler_key = v.handler_key
   AND r.status = 'progress' AND r.locked_by = $9::uuid AND r.claims = v.claims
 RETURNING v.i`
@@ -215,6 +221,7 @@ func completeSet(deadBy string) string {
 	return `status           = v.status,
     attempts         = CASE WHEN v.counted THEN r.attempts ELSE r.attempts - 1 END,
     last_error       = coalesce(v.last_error, r.last_error),
+    error_type       = coalesce(v.error_type, r.error_type),
     due_at           = coalesce(v.due_at, r.due_at),
     locked_by        = NULL,
     dead_callback_by = CASE WHEN v.status = 'dead' THEN ` + deadBy + `::uuid END,
@@ -350,9 +357,7 @@ WITH deleted AS (
 SELECT (SELECT count(*) FROM deleted), (SELECT count(*) FROM erased)`
 
 const lookupSQL = `
-SELECT event_id, event_type, handler_key, status, attempts, max_attempts, last_error,
-       payload IS NULL, event_date, created_at, updated_at,
-       CASE WHEN status IN ('', 'failed') THEN due_at END AS next_attempt_at
+SELECT ` + rowColumns + `
 FROM inbox_records
 WHERE event_id = $1
 ORDER BY handler_key`
@@ -393,3 +398,199 @@ SELECT to_regclass('inbox_records') IS NOT NULL,
 const schemaVersionSQL = `SELECT coalesce(max(version_id), 0) FROM ` + VersionTable + ` WHERE is_applied`
 
 const serverVersionSQL = `SELECT current_setting('server_version_num')::int, current_schema()`
+
+// Operations ([Admin]).
+
+// foldLockSQL lets one fold of the counters run at a time per schema; the
+// others skip theirs (what they would fold is read unfolded meanwhile).
+const foldLockSQL = `SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.inbox_count_deltas'))`
+
+// foldSQL folds the counting trigger's deltas into inbox_counts and
+// inbox_throughput, and forgets throughput older than two hours. It
+// returns the deltas folded.
+const foldSQL = `
+WITH d AS (
+    DELETE FROM inbox_count_deltas RETURNING event_type, handler_key, status, n, finished, at
+), c AS (
+    INSERT INTO inbox_counts AS c (event_type, handler_key, status, n)
+    SELECT event_type, handler_key, status, sum(n) FROM d GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (event_type, handler_key, status) DO UPDATE SET n = c.n + excluded.n
+), t AS (
+    INSERT INTO inbox_throughput AS t (event_type, handler_key, minute, done, dead)
+    SELECT event_type, handler_key, date_trunc('minute', at),
+           coalesce(sum(finished) FILTER (WHERE status = 'done'), 0),
+           coalesce(sum(finished) FILTER (WHERE status = 'dead'), 0)
+    FROM d WHERE finished > 0 AND at > now() - interval '2 hours'
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (event_type, handler_key, minute)
+    DO UPDATE SET done = t.done + excluded.done, dead = t.dead + excluded.dead
+), old AS (
+    DELETE FROM inbox_throughput WHERE minute < now() - interval '2 hours'
+)
+SELECT count(*) FROM d`
+
+// statsCountsSQL returns the rows per (event type, handler key, status):
+// the folded counts plus the deltas not folded yet, in one snapshot.
+const statsCountsSQL = `
+SELECT event_type, handler_key, status, sum(n)::bigint FROM (
+    SELECT event_type, handler_key, status, n FROM inbox_counts
+    UNION ALL
+    SELECT event_type, handler_key, status, n FROM inbox_count_deltas
+) c
+GROUP BY 1, 2, 3
+HAVING sum(n) <> 0`
+
+// statsLagSQL returns, per pair, how long its oldest due row that is not
+// in progress has waited, in seconds. It reads the due rows only (through
+// inbox_records_due_idx): its cost grows with the backlog, not with the
+// finished rows kept.
+const statsLagSQL = `
+SELECT event_type, handler_key, extract(epoch FROM now() - min(due_at))::float8
+FROM inbox_records
+WHERE status IN ('', 'failed', 'progress') AND status <> 'progress' AND due_at <= now()
+GROUP BY 1, 2`
+
+// statsThroughputSQL returns the rows finished per pair and minute since
+// $1, folded or not.
+const statsThroughputSQL = `
+SELECT event_type, handler_key, minute, sum(done)::bigint, sum(dead)::bigint FROM (
+    SELECT event_type, handler_key, minute, done, dead FROM inbox_throughput WHERE minute >= $1
+    UNION ALL
+    SELECT event_type, handler_key, date_trunc('minute', at),
+           CASE WHEN status = 'done' THEN finished ELSE 0 END,
+           CASE WHEN status = 'dead' THEN finished ELSE 0 END
+    FROM inbox_count_deltas WHERE finished > 0 AND at >= $1
+) t
+GROUP BY 1, 2, 3`
+
+const nowSQL = `SELECT now()`
+
+const versionTableSQL = `SELECT to_regclass('` + VersionTable + `') IS NOT NULL`
+
+const pausesSQL = `
+SELECT event_type, handler_key, paused_at, actor, reason FROM inbox_pauses ORDER BY 1, 2`
+
+const pauseSQL = `
+INSERT INTO inbox_pauses (event_type, handler_key, actor, reason) VALUES ($1, $2, $3, $4)
+ON CONFLICT (event_type, handler_key) DO UPDATE SET actor = excluded.actor, reason = excluded.reason`
+
+const resumeSQL = `DELETE FROM inbox_pauses WHERE event_type = $1 AND handler_key = $2`
+
+// rowColumns are the columns of a row that [RecordState] holds, for the
+// statements that return rows.
+const rowColumns = `event_id, event_type, handler_key, status, attempts, max_attempts, last_error,
+       payload IS NULL, event_date, created_at, updated_at,
+       CASE WHEN status IN ('', 'failed') THEN due_at END, coalesce(error_type, '')`
+
+// normalisedErrorExpr is a row's last error with what varies from one
+// occurrence of a failure to the next (ids, numbers) replaced by
+// placeholders: "timeout after 10s on order 123" and "timeout after 5s on
+// order 456" both become "timeout after <n>s on order <n>".
+const normalisedErrorExpr = `regexp_replace(regexp_replace(regexp_replace(left(last_error, 1024),
+    '[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}', '<uuid>', 'g'),
+    '\m(0x)?[0-9a-fA-F]*[0-9][0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*\M|\m(0x)?[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*[0-9][0-9a-fA-F]*\M', '<hex>', 'g'),
+    '[0-9]+([.,][0-9]+)*', '<n>', 'g')`
+
+// fingerprintExpr groups a dead row with the others of its pair that
+// failed the same way: the same error type and normalised error.
+const fingerprintExpr = `left(md5(event_type || chr(31) || handler_key || chr(31) || coalesce(error_type, '') || chr(31) || ` +
+	normalisedErrorExpr + `), 16)`
+
+// deadGroupsSQLFormat groups the dead rows matching a filter (%s: the
+// WHERE conditions) by fingerprint, largest group first, with the latest
+// error of each group as its sample; $1 limits the groups.
+const deadGroupsSQLFormat = `
+WITH g AS (
+    SELECT ` + fingerprintExpr + ` AS fingerprint, event_type, handler_key, coalesce(error_type, '') AS error_type,
+           ` + normalisedErrorExpr + ` AS pattern, updated_at, ctid
+    FROM inbox_records
+    WHERE %s
+), groups AS (
+    SELECT fingerprint, event_type, handler_key, error_type, pattern, count(*) AS n,
+           min(updated_at) AS first_seen, max(updated_at) AS last_seen, max(ctid) AS sample
+    FROM g GROUP BY 1, 2, 3, 4, 5
+)
+SELECT g.fingerprint, g.event_type, g.handler_key, g.error_type, g.pattern, g.n, g.first_seen, g.last_seen,
+       coalesce(r.last_error, '')
+FROM groups g LEFT JOIN inbox_records r ON r.ctid = g.sample
+ORDER BY g.n DESC, g.last_seen DESC, g.fingerprint
+LIMIT $1`
+
+// showPayloadSQL returns the payload of an event from one of its rows that
+// still holds it.
+const showPayloadSQL = `
+SELECT payload FROM inbox_records WHERE event_id = $1 AND payload IS NOT NULL LIMIT 1`
+
+const historySQL = `
+SELECT handler_key, at, kind, attempt, actor, text FROM inbox_history
+WHERE event_id = $1 ORDER BY at, handler_key`
+
+// listSQLFormat lists the rows matching a filter (%s: the WHERE
+// conditions, including the keyset's), newest change first; %s: the limit
+// parameter.
+const listSQLFormat = `
+SELECT ` + rowColumns + `
+FROM inbox_records
+WHERE %s
+ORDER BY updated_at DESC, event_id DESC, handler_key DESC
+LIMIT %s`
+
+const countSQLFormat = `SELECT count(*) FROM inbox_records WHERE %s`
+
+// pickSQLFormat selects (and locks) a batch of the rows matching a filter
+// for a bulk action, %s: the conditions, %s: the limit parameter; rows in
+// progress are leased to a worker and never picked.
+const pickSQLFormat = `picked AS MATERIALIZED (
+    SELECT ctid, event_id, handler_key, attempts FROM inbox_records
+    WHERE %s AND status <> 'progress'
+    LIMIT %s
+    FOR UPDATE
+)`
+
+// replayBatchSQLFormat makes a batch of picked rows (%s: the pick) due
+// now with their attempts reset, and records who did it and why ($1, $2).
+const replayBatchSQLFormat = `
+WITH %s, replayed AS (
+    UPDATE inbox_records AS r
+    SET status = '', attempts = 0, due_at = now(), dead_callback_by = NULL, updated_at = now()
+    WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM picked))
+    RETURNING r.event_id, r.handler_key
+), audit AS (
+    INSERT INTO inbox_history (event_id, handler_key, kind, attempt, actor, text)
+    SELECT p.event_id, p.handler_key, 'replayed', p.attempts, $1, $2
+    FROM picked p JOIN replayed r USING (event_id, handler_key)
+)
+SELECT count(*) FROM replayed`
+
+// discardBatchSQLFormat makes a batch of picked rows (%s: the pick) dead,
+// with the reason as their error ($1), without a dead callback.
+const discardBatchSQLFormat = `
+WITH %s, discarded AS (
+    UPDATE inbox_records AS r
+    SET status = 'dead', last_error = $1, error_type = 'inbox.discarded', dead_callback_by = NULL,
+        updated_at = now()
+    WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM picked))
+    RETURNING 1
+)
+SELECT count(*) FROM discarded`
+
+// deleteBatchSQLFormat deletes a batch of picked rows (%s: the pick) with
+// their history.
+const deleteBatchSQLFormat = `
+WITH %s, deleted AS (
+    DELETE FROM inbox_records AS r
+    WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM picked))
+    RETURNING r.event_id, r.handler_key
+), history AS (
+    DELETE FROM inbox_history h USING deleted d
+    WHERE h.event_id = d.event_id AND h.handler_key = d.handler_key
+)
+SELECT count(*) FROM deleted`
+
+// historyRetentionSQL deletes up to $2 history entries older than $1.
+const historyRetentionSQL = `
+DELETE FROM inbox_history
+WHERE ctid = ANY (ARRAY(SELECT ctid FROM inbox_history WHERE at < $1 LIMIT $2))`
+
+// wakeSQL wakes idle workers, as a stored row does.
+const wakeSQL = `SELECT ` + notifySQL

@@ -31,6 +31,7 @@ func (w *worker) write(batch []*job) {
 	claims := make([]int32, 0, n)
 	statuses := make([]string, 0, n)
 	errs := make([]*string, 0, n)
+	types := make([]*string, 0, n)
 	counted := make([]bool, 0, n)
 	dues := make([]*time.Time, 0, n)
 	dead := make(map[rowID]DeadRecord)
@@ -40,6 +41,11 @@ func (w *worker) write(batch []*job) {
 	add := func(j *job, status string, text *string, count bool, due *time.Time) {
 		ctids, ids, keys, claims = append(ctids, j.ctid), append(ids, pgUUID(j.id)), append(keys, j.key), append(claims, int32(j.claim))
 		statuses, errs, counted, dues = append(statuses, status), append(errs, text), append(counted, count), append(dues, due)
+		var etype *string
+		if text != nil {
+			etype = &j.res.etype
+		}
+		types = append(types, etype)
 		if due != nil && status == string(Failed) {
 			retries = append(retries, *due)
 		}
@@ -81,7 +87,7 @@ func (w *worker) write(batch []*job) {
 	for k, rec := range dead {
 		w.deadCalls.remember(k, rec)
 	}
-	written, err := w.complete(ctids, ids, keys, claims, statuses, errs, counted, dues)
+	written, err := w.complete(ctids, ids, keys, claims, statuses, errs, types, counted, dues)
 	for k, rec := range dead {
 		if !written[k] {
 			w.deadCalls.forget(k)
@@ -110,7 +116,7 @@ func (w *worker) write(batch []*job) {
 // statement writes the missed rows, found by key; a row missed again is no
 // longer the worker's.
 func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, claims []int32, statuses []string,
-	errs []*string, counted []bool, dues []*time.Time) (map[rowID]bool, error) {
+	errs, types []*string, counted []bool, dues []*time.Time) (map[rowID]bool, error) {
 	written := make(map[rowID]bool, len(ids))
 	// mark records the rows a statement wrote: it returns the positions,
 	// from 1, in the arrays it was given, whose keys are ids and keys.
@@ -127,7 +133,7 @@ func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, 
 	err := w.retry(w.writeCtx, "write results", func() error {
 		clear(written)
 		return w.db.tidOnly(w.writeCtx, mark(ids, keys), completeSQL,
-			ctids, ids, keys, claims, statuses, errs, counted, dues, w.deadBy, pgUUID(w.id))
+			ctids, ids, keys, claims, statuses, errs, counted, dues, w.deadBy, pgUUID(w.id), types)
 	})
 	if err != nil || len(written) == len(ids) {
 		return written, err
@@ -138,13 +144,14 @@ func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, 
 		mClaims   []int32
 		mStatuses []string
 		mErrs     []*string
+		mTypes    []*string
 		mCounted  []bool
 		mDues     []*time.Time
 	)
 	for i := range ids {
 		if !written[rowID{ids[i].Bytes, keys[i]}] {
 			mIDs, mKeys, mClaims, mStatuses = append(mIDs, ids[i]), append(mKeys, keys[i]), append(mClaims, claims[i]), append(mStatuses, statuses[i])
-			mErrs, mCounted, mDues = append(mErrs, errs[i]), append(mCounted, counted[i]), append(mDues, dues[i])
+			mErrs, mTypes, mCounted, mDues = append(mErrs, errs[i]), append(mTypes, types[i]), append(mCounted, counted[i]), append(mDues, dues[i])
 		}
 	}
 	err = w.retry(w.writeCtx, "write moved results", func() error {
@@ -152,7 +159,7 @@ func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, 
 			delete(written, rowID{mIDs[i].Bytes, mKeys[i]})
 		}
 		return w.db.keyOnly(w.writeCtx, mark(mIDs, mKeys), completeByKeySQL,
-			mIDs, mKeys, mClaims, mStatuses, mErrs, mCounted, mDues, w.deadBy, pgUUID(w.id))
+			mIDs, mKeys, mClaims, mStatuses, mErrs, mCounted, mDues, w.deadBy, pgUUID(w.id), mTypes)
 	})
 	return written, err
 }
