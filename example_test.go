@@ -284,3 +284,72 @@ func ExampleClient_SetWithResult() {
 	// new 1, duplicates 0, conflicting 0
 	// new 1, duplicates 1, conflicting 1
 }
+
+// Find why rows died, grouped by failure, and replay a group once its
+// cause is fixed: the rows run again and end done, and each row's history
+// records who replayed it and why.
+func ExampleAdmin_Replay() {
+	ctx := context.Background()
+	pool := examplePool()
+	defer pool.Close()
+
+	var fixed sync.Mutex // held while the downstream service is down
+	fixed.Lock()
+	down := true
+	reg := inbox.NewRegistry()
+	reg.On("invoice.issued", inbox.HandlerFunc("mail", func(_ context.Context, p []byte) error {
+		fixed.Lock()
+		defer fixed.Unlock()
+		if down {
+			return fmt.Errorf("smtp: 421 try again later (%s)", p)
+		}
+		return nil
+	}))
+	fixed.Unlock()
+	ib, err := inbox.New(pool, reg, inbox.WithMaxRetryAttempt(1), inbox.WithIterationRate(20*time.Millisecond),
+		inbox.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		panic(err)
+	}
+	if err := ib.Start(ctx); err != nil {
+		panic(err)
+	}
+	defer ib.Stop(ctx)
+	for i := range 3 {
+		rec, _ := inbox.NewRecord(uuid.New(), "invoice.issued", fmt.Appendf(nil, "invoice %d", 100+i))
+		if err := ib.Client().Set(ctx, rec); err != nil {
+			panic(err)
+		}
+	}
+	waitIdle(ib)
+
+	admin := ib.Admin() // or inbox.NewAdmin(pool) in any process
+	groups, err := admin.DeadGroups(ctx, inbox.Filter{}, 0)
+	if err != nil {
+		panic(err)
+	}
+	for _, g := range groups {
+		fmt.Printf("%s/%s: %d dead: %s\n", g.EventType, g.HandlerKey, g.Count, g.Pattern)
+	}
+
+	fixed.Lock()
+	down = false // the mail server is back
+	fixed.Unlock()
+	res, err := admin.Replay(ctx, inbox.Filter{Fingerprint: groups[0].Fingerprint},
+		inbox.ActionOptions{Actor: "alice", Reason: "smtp relay restored"})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("replayed:", res.Changed)
+	waitIdle(ib)
+
+	stats, err := admin.Stats(ctx)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Printf("done %d, dead %d\n", stats[0].Done, stats[0].Dead)
+	// Output:
+	// invoice.issued/mail: 3 dead: smtp: <n> try again later (invoice <n>)
+	// replayed: 3
+	// done 3, dead 0
+}
