@@ -136,13 +136,27 @@
 //
 // # Schema
 //
-// [Migrate] (called by Start unless [WithoutMigrations]) creates the tables
-// inbox_records, inbox_workers and inbox_maintenance in the first schema of
-// the connection's search_path, recording its migrations in
-// [VersionTable]. Migrations only go up; each runs in its own transaction,
-// except index builds, which run concurrently. It needs PostgreSQL 14 or
+// [Migrate] (called by Start unless [WithoutMigrations]) creates the table
+// inbox_records and the tables beside it in the first schema of the
+// connection's search_path, recording its migrations in [VersionTable].
+// Migrations only go up; each runs in its own transaction, except an index
+// build on an existing table, which runs concurrently. The migration that
+// adds the row counters counts the rows present while it holds off writes
+// (about a second per million rows). It needs PostgreSQL 14 or
 // later. Migrate and Start check that every table is there and say which
 // one is missing ([ErrSchema]).
+//
+// # Operations
+//
+// An [Admin] ([NewAdmin], or [Inbox.Admin]) operates the table from any
+// process with a pool alone: [Admin.Stats] per handler (rows per status,
+// lag, throughput; cheap however many rows are kept, as the table counts
+// its rows itself), [Admin.List] and [Admin.Show], dead rows grouped by
+// failure ([Admin.DeadGroups]), [Admin.Replay], [Admin.Discard],
+// [Admin.Delete], [Admin.Purge], and [Admin.Pause] and [Admin.Resume] of a
+// handler in every process. The inboxctl command
+// (github.com/pginbox/inbox/cmd/inboxctl) and its web dashboard are built on
+// it.
 //
 // # Observability
 //
