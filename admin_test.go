@@ -400,6 +400,35 @@ func TestAdminListAndBulkActions(t *testing.T) {
 	if k := statsOf(stats, "e", "k"); k.Done != 125 || k.Dead != 0 || k.Failed != 0 {
 		t.Fatalf("after delete and purge: %+v", k)
 	}
+
+	// A done row past the payload window loses its payload to Purge, and
+	// can no longer be replayed: the others of the same call still are.
+	var erasedID, keptID uuid.UUID
+	if err := pool.QueryRow(ctx, `UPDATE inbox_records SET updated_at = now() - interval '10 days'
+		WHERE ctid = (SELECT ctid FROM inbox_records WHERE status = 'done' LIMIT 1) RETURNING event_id`).Scan(&erasedID); err != nil {
+		t.Fatalf("age a row: %v", err)
+	}
+	if pr, err := admin.Purge(ctx, inbox.PurgeOptions{}, nil); err != nil || pr.PayloadsErased != 1 || pr.RowsDeleted != 0 {
+		t.Fatalf("Purge: %+v, %v", pr, err)
+	}
+	if err := admin.ReplayRow(ctx, erasedID, "k", inbox.ActionOptions{}); !errors.Is(err, inbox.ErrPayloadErased) {
+		t.Fatalf("ReplayRow of an erased row: %v, want ErrPayloadErased", err)
+	}
+	if err := pool.QueryRow(ctx, `SELECT event_id FROM inbox_records WHERE status = 'done' AND payload IS NOT NULL LIMIT 1`).Scan(&keptID); err != nil {
+		t.Fatal(err)
+	}
+	res, err = admin.Replay(ctx, inbox.Filter{Statuses: []inbox.Status{inbox.Done}, Since: time.Now().Add(-30 * 24 * time.Hour),
+		Until: time.Now().Add(-24 * time.Hour)}, inbox.ActionOptions{})
+	if !errors.Is(err, inbox.ErrPayloadErased) || res.Changed != 0 || res.PayloadErased != 1 {
+		t.Fatalf("Replay of the erased row by filter: %+v, %v", res, err)
+	}
+	if err := admin.ReplayRow(ctx, keptID, "k", inbox.ActionOptions{Actor: "ops"}); err != nil {
+		t.Fatalf("ReplayRow of a done row: %v", err)
+	}
+	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Null: 0, inbox.Progress: 0, inbox.Done: 125})
+	if ev, err := admin.Show(ctx, erasedID); err != nil || !ev.PayloadErased || ev.Payload != nil {
+		t.Fatalf("Show of the erased event: %+v, %v", ev, err)
+	}
 	if _, err := pool.Exec(ctx, `TRUNCATE inbox_records`); err != nil {
 		t.Fatalf("truncate: %v", err)
 	}

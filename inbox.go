@@ -129,7 +129,9 @@ func (i *Inbox) Lookup(ctx context.Context, eventID uuid.UUID) ([]RecordState, e
 }
 
 // Counts returns the number of rows in each status. Every status is
-// present in the map, zero or not.
+// present in the map, zero or not. The counts come from the counters the
+// table keeps (see [Admin.Stats]): exact, and cheap however many rows are
+// kept.
 func (i *Inbox) Counts(ctx context.Context) (map[Status]int, error) {
 	rows, err := i.db.query(ctx, countsSQL)
 	if err != nil {

@@ -362,7 +362,15 @@ FROM inbox_records
 WHERE event_id = $1
 ORDER BY handler_key`
 
-const countsSQL = `SELECT status, count(*) FROM inbox_records GROUP BY status`
+// countsSQL returns the rows per status from the table's counters (see
+// statsCountsSQL).
+const countsSQL = `
+SELECT status, sum(n)::bigint FROM (
+    SELECT status, n FROM inbox_counts
+    UNION ALL
+    SELECT status, n FROM inbox_count_deltas
+) c
+GROUP BY status`
 
 // oldestDueSQL returns how long the oldest due row has waited, or null.
 const oldestDueSQL = `
