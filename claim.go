@@ -171,7 +171,9 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 	if plan.capped {
 		sql, args = claimCappedSQL, append(args, plan.caps)
 	}
-	leaseUntil := time.Now().Add(w.cfg.lease)
+	started := time.Now()
+	leaseUntil := started.Add(w.cfg.lease)
+	rescues := 0
 	err := w.db.noFlush(w.ioCtx, func(rows pgx.Rows) error {
 		// Texts are read in place (DriverBytes): a claimed row's event type
 		// and handler key are its route's, and its status and error are
@@ -183,16 +185,18 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 			payload                      []byte
 			attempt, claims, maxAttempts int
 			storedAt                     time.Time
+			trace                        pgtype.Text
 			withheld, rescued            bool
 		)
 		_, err := pgx.ForEachRow(rows, []any{&locked, &ctid, &id, &eventType, &key, &payload, &attempt, &claims, &maxAttempts,
-			&status, &msg, &storedAt, &withheld, &rescued}, func() error {
+			&status, &msg, &storedAt, &trace, &withheld, &rescued}, func() error {
 			ro := w.routes.byTypeKey[string(eventType)][string(key)]
 			if ro == nil {
 				return fmt.Errorf("claimed a row of an unregistered pair (%q, %q)", eventType, key)
 			}
 			rid := rowID{id.Bytes, ro.key}
 			if rescued {
+				rescues++
 				w.log.Warn("inbox: claimed a row whose lease had expired", "event_id", rid.id,
 					"handler_key", ro.key, "attempt", attempt, "status", string(status))
 			}
@@ -205,12 +209,16 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 				return nil
 			}
 			jobs = append(jobs, &job{rowID: rid, route: ro, payload: payload, withheld: withheld, attempt: attempt, claim: claims,
-				maxAttempts: maxAttempts, storedAt: storedAt, ctid: ctid, leaseUntil: leaseUntil})
+				maxAttempts: maxAttempts, storedAt: storedAt, trace: trace.String, ctid: ctid, leaseUntil: leaseUntil})
 			payload = nil
 			return nil
 		})
 		return err
 	}, sql, args...)
+	if w.cfg.hooks != nil {
+		w.cfg.hooks.claim(w.log, ClaimEvent{Rows: len(jobs), Rescued: rescues, Died: len(died),
+			Duration: time.Since(started), Err: err})
+	}
 	if err != nil {
 		return 0, err
 	}

@@ -21,12 +21,14 @@ import (
 // for concurrent use and works whether or not the Inbox is started, so a
 // process may store events and leave processing to others.
 type Client struct {
-	db        db
-	routes    *routes
-	unknown   UnknownEventTypes
-	conflicts ConflictingDuplicates
-	notify    bool
-	logger    *slog.Logger
+	db         db
+	routes     *routes
+	unknown    UnknownEventTypes
+	conflicts  ConflictingDuplicates
+	notify     bool
+	logger     *slog.Logger
+	hooks      hooks
+	propagator Propagator
 }
 
 // SetResult says what a Set did with its records. Each record is counted
@@ -105,6 +107,18 @@ func (c *Client) SetWithResult(ctx context.Context, records ...*Record) (SetResu
 	if err != nil {
 		return SetResult{}, c.setError(len(records), "", err)
 	}
+	if c.hooks != nil {
+		started := time.Now()
+		res, err := c.setPlanned(ctx, p, records)
+		c.hooks.set(c.logger, ctx, SetEvent{Result: res, Records: len(records), Duration: time.Since(started), Err: err})
+		return res, err
+	}
+	return c.setPlanned(ctx, p, records)
+}
+
+// setPlanned stores the rows of a checked Set.
+func (c *Client) setPlanned(ctx context.Context, p *setPlan, records []*Record) (SetResult, error) {
+	var err error
 	if len(p.rows) == 0 {
 		return p.result(), nil
 	}
@@ -129,6 +143,18 @@ func (c *Client) SetTxWithResult(ctx context.Context, tx pgx.Tx, records ...*Rec
 	if err != nil {
 		return SetResult{}, c.setError(len(records), " in transaction", err)
 	}
+	if c.hooks != nil {
+		started := time.Now()
+		res, err := c.setTxPlanned(ctx, tx, p, records)
+		c.hooks.set(c.logger, ctx, SetEvent{Result: res, Records: len(records), Tx: true, Duration: time.Since(started), Err: err})
+		return res, err
+	}
+	return c.setTxPlanned(ctx, tx, p, records)
+}
+
+// setTxPlanned stores the rows of a checked SetTx.
+func (c *Client) setTxPlanned(ctx context.Context, tx pgx.Tx, p *setPlan, records []*Record) (SetResult, error) {
+	var err error
 	if len(p.rows) == 0 {
 		return p.result(), nil
 	}
@@ -325,7 +351,7 @@ func (c *Client) insert(ctx context.Context, q querier, rows []setRow) error {
 		ids[i], keys[i], types[i] = pgUUID(r.id), r.route.key, r.route.eventType
 		payloads[i], hashes[i], limits[i], dates[i] = r.payload, r.hash, int32(r.route.maxAttempts), r.date
 	}
-	res, err := q.Query(ctx, setSQL, c.db.args([]any{ids, keys, types, payloads, hashes, limits, dates, c.notify})...)
+	res, err := q.Query(ctx, setSQL, c.db.args([]any{ids, keys, types, payloads, hashes, limits, dates, c.notify, c.traceOf(ctx)})...)
 	if err != nil {
 		return err
 	}

@@ -87,6 +87,7 @@ type job struct {
 	claim       int  // the row's claims after this claim: names it in guards
 	maxAttempts int
 	storedAt    time.Time
+	trace       string // the stored trace context, "" for none
 	// ctid is where the row was at its claim or latest renewal: the
 	// writer reaches it there without an index lookup.
 	ctid pgtype.TID

@@ -74,7 +74,7 @@ func (w *worker) maintain(err error, what string) {
 }
 
 // retention runs retention if it is due and no other instance runs it.
-func (w *worker) retention(ctx context.Context) error {
+func (w *worker) retention(ctx context.Context) (err error) {
 	lease := max(time.Minute, 3*w.cfg.lease)
 	take := func() (bool, error) {
 		var ok bool
@@ -89,9 +89,15 @@ func (w *worker) retention(ctx context.Context) error {
 		return err
 	}
 	now := time.Now()
+	var deleted, erased int64
+	if w.cfg.hooks != nil {
+		defer func() {
+			w.cfg.hooks.retention(w.log, RetentionEvent{RowsDeleted: deleted, PayloadsErased: erased, Duration: time.Since(now), Err: err})
+		}()
+	}
 	dedup := now.AddDate(0, 0, -w.cfg.retentionDays)
 	payloads := now.AddDate(0, 0, -w.cfg.payloadDays)
-	deleted, erased, err := eraseFinished(ctx, w.db, dedup, payloads, func(int64, int64) error {
+	deleted, erased, err = eraseFinished(ctx, w.db, dedup, payloads, func(int64, int64) error {
 		ok, err := take()
 		if err != nil {
 			return fmt.Errorf("renew the retention lease: %w", err)

@@ -28,6 +28,9 @@ type Attempt struct {
 	// Transactional reports a [TxHandler], which runs inside the
 	// transaction that marks its row done.
 	Transactional bool
+	// TraceContext is the trace context stored with the row by
+	// [WithPropagator], "" for none.
+	TraceContext string
 }
 
 // Middleware wraps every handler run of an Inbox, for logging, metrics,

@@ -164,6 +164,8 @@ type config struct {
 	payloadDays    int
 	conflicts      ConflictingDuplicates
 	middleware     []Middleware
+	hooks          hooks
+	propagator     Propagator
 	pooler         bool
 	listenConfig   *pgx.ConnConfig
 	hasDead        bool // a dead callback was set

@@ -110,7 +110,7 @@ func (o *owner) handOut() {
 	for j := h.start(now); j != nil; j = h.start(now) {
 		j.actx = &attemptCtx{Context: w.handlerCtx, owner: w, a: Attempt{
 			EventID: j.id, EventType: j.route.eventType, HandlerKey: j.key, Number: j.attempt,
-			MaxAttempts: j.maxAttempts, Payload: j.payload, StoredAt: j.storedAt, Transactional: j.route.tx != nil}}
+			MaxAttempts: j.maxAttempts, Payload: j.payload, StoredAt: j.storedAt, TraceContext: j.trace, Transactional: j.route.tx != nil}}
 		j.ctx, j.cancel = context.WithCancelCause(j.actx) // registers with no parent
 		w.jobs <- j                                       // at most concurrency jobs are out
 	}

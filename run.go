@@ -35,12 +35,17 @@ func (w *worker) execute(j *job) bool {
 	defer cancel()
 	defer j.cancel(nil)
 	var res result
+	started := time.Now()
 	if j.ctx.Err() != nil {
 		// Cancelled before it started (a lost lease, a hard stop): the
 		// handler is not called.
 		res = w.failed(tctx, j, context.Cause(j.ctx))
 	} else {
-		res = w.run(tctx, j)
+		res = w.run(w.traced(tctx, j), j)
+	}
+	if w.cfg.hooks != nil {
+		w.cfg.hooks.run(w.log, tctx, RunEvent{Attempt: j.actx.a, Outcome: res.outcome(j.attempt, j.maxAttempts), Err: res.err,
+			Duration: time.Since(started), Lag: started.Sub(j.storedAt)})
 	}
 	if !j.run.CompareAndSwap(jobRunning, jobReturned) {
 		return false

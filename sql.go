@@ -15,13 +15,15 @@ package inbox
 // them in order), so concurrent Sets with overlapping rows always lock in
 // the same order and cannot deadlock.
 //
+// Every row gets the trace context $9 (NULL: none).
+//
 // It returns the rows it inserted. When asked to ($8), each inserted row
 // notifies idle workers: PostgreSQL folds the identical notifications of a
 // transaction into one, delivered at commit, and sends none when nothing
 // was inserted.
 var setSQL = `
-INSERT INTO inbox_records (event_id, handler_key, event_type, payload, payload_hash, max_attempts, event_date)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int4[], $7::timestamptz[])
+INSERT INTO inbox_records (event_id, handler_key, event_type, payload, payload_hash, max_attempts, event_date, trace_context)
+SELECT *, $9::text FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int4[], $7::timestamptz[])
 ON CONFLICT (event_id, handler_key) DO NOTHING
 RETURNING event_id, handler_key, CASE WHEN $8::bool THEN ` + notifySQL + ` END IS NULL`
 
@@ -164,7 +166,7 @@ WITH due AS MATERIALIZED (
     WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM ` + from + `))
     RETURNING (SELECT count(*) FROM due), r.ctid, r.event_id, r.event_type, r.handler_key,
               CASE WHEN (SELECT ok FROM inline) THEN r.payload END, r.attempts, r.claims, r.max_attempts,
-              r.status, r.last_error, r.created_at, NOT (SELECT ok FROM inline),
+              r.status, r.last_error, r.created_at, r.trace_context, NOT (SELECT ok FROM inline),
               (SELECT any_rescued FROM rescues)
               AND EXISTS (SELECT FROM due d WHERE d.status = 'progress'
                           AND d.event_id = r.event_id AND d.handler_key = r.handler_key)

@@ -87,7 +87,15 @@ func (w *worker) write(batch []*job) {
 	for k, rec := range dead {
 		w.deadCalls.remember(k, rec)
 	}
+	started := time.Now()
 	written, err := w.complete(ctids, ids, keys, claims, statuses, errs, types, counted, dues)
+	if w.cfg.hooks != nil {
+		lost := len(keys) - len(written)
+		if err != nil {
+			lost = 0 // not known
+		}
+		w.cfg.hooks.write(w.log, WriteEvent{Rows: len(written), Lost: lost, Duration: time.Since(started), Err: err})
+	}
 	for k, rec := range dead {
 		if !written[k] {
 			w.deadCalls.forget(k)
@@ -178,7 +186,11 @@ func (w *worker) died(rec DeadRecord) {
 	}
 }
 
+// logDead logs a row whose death is written, and reports it to the hooks.
 func (w *worker) logDead(rec DeadRecord) {
+	if w.cfg.hooks != nil {
+		w.cfg.hooks.dead(w.log, rec)
+	}
 	w.log.Warn("inbox: row is dead", "event_id", rec.EventID, "event_type", rec.EventType,
 		"handler_key", rec.HandlerKey, "attempts", rec.Attempts, "error", rec.Err)
 }

@@ -1,0 +1,206 @@
+package inbox
+
+import (
+	"context"
+	"log/slog"
+	"runtime/debug"
+	"time"
+)
+
+// Hooks observe an Inbox, for metrics and tracing; pass them with
+// [WithHooks]. Every field is optional: an Inbox without hooks pays one nil
+// check per event it would report.
+//
+// Hooks are called synchronously, from the goroutine that did the work:
+// OnSet from the caller of Set, OnClaim from the claimer, OnRun from the
+// handler's runner, OnWrite and OnDead from the result writer, OnRetention
+// from the maintenance goroutine. None is called from the goroutine that
+// renews leases, so a slow hook delays only the work of its own kind; still,
+// hooks must return quickly (record a metric, end a span) and must not
+// call the Inbox. A hook that panics is recovered and the panic logged.
+type Hooks struct {
+	// OnSet is called after each Set, SetTx and their WithResult forms
+	// that got past checking its records (a call that failed on bad input
+	// is not reported), with the caller's context.
+	OnSet func(ctx context.Context, e SetEvent)
+	// OnClaim is called after each claim statement.
+	OnClaim func(e ClaimEvent)
+	// OnRun is called after each handler run, with the run's context
+	// (whose values include the [Attempt] and what middleware added; it
+	// may be cancelled already).
+	OnRun func(ctx context.Context, e RunEvent)
+	// OnWrite is called after each statement that writes results.
+	OnWrite func(e WriteEvent)
+	// OnDead is called for each row that died, once its death is written:
+	// its attempts used up, discarded, or its last lease expired. It is
+	// called whether or not a dead callback is set.
+	OnDead func(rec DeadRecord)
+	// OnRetention is called after each retention run of this Inbox.
+	OnRetention func(e RetentionEvent)
+}
+
+// SetEvent describes one Set.
+type SetEvent struct {
+	// Result is what Set did; zero when it failed.
+	Result SetResult
+	// Records is the number of records given.
+	Records int
+	// Tx reports SetTx: the rows are stored only if the caller's
+	// transaction commits.
+	Tx       bool
+	Duration time.Duration
+	// Err is the error Set returned, nil on success.
+	Err error
+}
+
+// ClaimEvent describes one claim statement.
+type ClaimEvent struct {
+	// Rows is the number of rows claimed to run.
+	Rows int
+	// Rescued counts the rows among them whose lease had expired (their
+	// worker died or lost the database).
+	Rescued int
+	// Died counts rows the claim found dead: their last lease expired at
+	// their attempt limit.
+	Died     int
+	Duration time.Duration
+	Err      error
+}
+
+// Outcome is how a handler run ended, as [RunEvent] reports it.
+type Outcome string
+
+const (
+	// OutcomeDone: the handler succeeded (a TxHandler's transaction
+	// committed).
+	OutcomeDone Outcome = "done"
+	// OutcomeFailed: the run failed and the row will be retried.
+	OutcomeFailed Outcome = "failed"
+	// OutcomeDead: the run failed at the row's attempt limit; the row dies.
+	OutcomeDead Outcome = "dead"
+	// OutcomeDiscarded: the handler returned [Discard]; the row dies.
+	OutcomeDiscarded Outcome = "discarded"
+	// OutcomeRetryLater: the handler returned [RetryAfter]; the attempt is
+	// not counted.
+	OutcomeRetryLater Outcome = "retry_later"
+)
+
+// RunEvent describes one handler run.
+type RunEvent struct {
+	// Attempt is the run's attempt; its Payload is shared with the handler
+	// and must not be modified.
+	Attempt Attempt
+	Outcome Outcome
+	// Err is the run's failure (bounded to [MaxErrorLength] bytes), nil
+	// when done.
+	Err error
+	// Duration is how long the middleware and handler ran.
+	Duration time.Duration
+	// Lag is the time from the row being stored to this run starting.
+	Lag time.Duration
+}
+
+// WriteEvent describes one statement writing results.
+type WriteEvent struct {
+	// Rows is the number of results written.
+	Rows int
+	// Lost counts results not written because the worker no longer held
+	// the row's lease ([ErrLeaseLost]); those rows run again.
+	Lost     int
+	Duration time.Duration
+	Err      error
+}
+
+// RetentionEvent describes one retention run.
+type RetentionEvent struct {
+	RowsDeleted    int64
+	PayloadsErased int64
+	Duration       time.Duration
+	Err            error
+}
+
+// WithHooks adds hooks that observe the Inbox (see [Hooks]). Each call
+// adds a set; the sets are called in the order given.
+func WithHooks(h Hooks) Option {
+	return func(c *config) error {
+		c.hooks = append(c.hooks, h)
+		return nil
+	}
+}
+
+// hooks are the sets of hooks of an Inbox, nil when none was given.
+type hooks []Hooks
+
+// call runs fn, recovering and logging a panic.
+func (hs hooks) call(log *slog.Logger, name string, fn func()) {
+	defer func() {
+		if p := recover(); p != nil {
+			log.Error("inbox: hook panicked; recovered", "hook", name, "panic", p, "stack", string(debug.Stack()))
+		}
+	}()
+	fn()
+}
+
+func (hs hooks) set(log *slog.Logger, ctx context.Context, e SetEvent) {
+	for _, h := range hs {
+		if h.OnSet != nil {
+			hs.call(log, "OnSet", func() { h.OnSet(ctx, e) })
+		}
+	}
+}
+
+func (hs hooks) claim(log *slog.Logger, e ClaimEvent) {
+	for _, h := range hs {
+		if h.OnClaim != nil {
+			hs.call(log, "OnClaim", func() { h.OnClaim(e) })
+		}
+	}
+}
+
+func (hs hooks) run(log *slog.Logger, ctx context.Context, e RunEvent) {
+	for _, h := range hs {
+		if h.OnRun != nil {
+			hs.call(log, "OnRun", func() { h.OnRun(ctx, e) })
+		}
+	}
+}
+
+func (hs hooks) write(log *slog.Logger, e WriteEvent) {
+	for _, h := range hs {
+		if h.OnWrite != nil {
+			hs.call(log, "OnWrite", func() { h.OnWrite(e) })
+		}
+	}
+}
+
+func (hs hooks) dead(log *slog.Logger, rec DeadRecord) {
+	for _, h := range hs {
+		if h.OnDead != nil {
+			hs.call(log, "OnDead", func() { h.OnDead(rec) })
+		}
+	}
+}
+
+func (hs hooks) retention(log *slog.Logger, e RetentionEvent) {
+	for _, h := range hs {
+		if h.OnRetention != nil {
+			hs.call(log, "OnRetention", func() { h.OnRetention(e) })
+		}
+	}
+}
+
+// outcome is how a run with result r ended, for a job at attempt of max.
+func (r result) outcome(attempt, maxAttempts int) Outcome {
+	switch r.kind {
+	case resDone, resCommitted:
+		return OutcomeDone
+	case resDiscard:
+		return OutcomeDiscarded
+	case resRetryAfter:
+		return OutcomeRetryLater
+	}
+	if attempt >= maxAttempts {
+		return OutcomeDead
+	}
+	return OutcomeFailed
+}
