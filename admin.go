@@ -167,7 +167,6 @@ func (a *Admin) Stats(ctx context.Context) ([]HandlerStats, error) {
 	}
 	minutes := map[slot]MinuteCount{}
 	if err := a.each(ctx, []any{&t, &k, &minute, &done, &dead}, func() {
-		get(t, k)
 		i := int(minute.Sub(first) / time.Minute)
 		if i >= 0 && i < statsMinutes {
 			minutes[slot{pair{t, k}, i}] = MinuteCount{Done: done, Dead: dead}
@@ -181,6 +180,9 @@ func (a *Admin) Stats(ctx context.Context) ([]HandlerStats, error) {
 	}
 	out := make([]HandlerStats, 0, len(byPair))
 	for p, h := range byPair {
+		if h.Pending+h.InProgress+h.Failed+h.Done+h.Dead == 0 {
+			continue // its rows were deleted since the lag was read
+		}
 		h.PerMinute = make([]MinuteCount, statsMinutes)
 		for i := range h.PerMinute {
 			m := minutes[slot{p, i}]

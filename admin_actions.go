@@ -27,6 +27,9 @@ type ActionOptions struct {
 	// Progress, when set, is called after each batch with the rows changed
 	// so far.
 	Progress func(done int64)
+	// DryRun changes nothing: the action checks its arguments and returns
+	// in Changed how many rows it would change now.
+	DryRun bool
 }
 
 // ActionResult is what a bulk action did.
@@ -55,7 +58,7 @@ func (a *Admin) Replay(ctx context.Context, f Filter, opts ActionOptions) (Actio
 	}
 	for _, s := range f.Statuses {
 		if s != Dead && s != Failed && s != Done {
-			return ActionResult{}, fmt.Errorf("%w: replay takes dead, failed or done rows, not %s ones", ErrInvalidFilter, s)
+			return ActionResult{}, fmt.Errorf("%w: replay takes dead, failed or done rows, not %s ones", ErrInvalidFilter, statusWord(s))
 		}
 	}
 	if err := checkAction(f, opts); err != nil {
@@ -72,6 +75,9 @@ func (a *Admin) Replay(ctx context.Context, f Filter, opts ActionOptions) (Actio
 	if err != nil {
 		return res, fmt.Errorf("inbox: replay: %w", err)
 	}
+	if opts.DryRun {
+		return res, nil
+	}
 	if n > 0 {
 		a.wake(ctx)
 	}
@@ -86,15 +92,19 @@ func (a *Admin) Replay(ctx context.Context, f Filter, opts ActionOptions) (Actio
 // "discarded by <actor>: <reason>" as their error. f selects pending and
 // failed rows unless its Statuses say otherwise (dead rows may be
 // discarded too, to mark them handled: they then form one group in
-// [Admin.DeadGroups]). Rows in progress are leased to a worker and left
+// [Admin.DeadGroups]; a filter with a Fingerprint and no Statuses selects
+// the dead rows of that group). Rows in progress are leased to a worker and left
 // alone. No dead callback runs for a discarded row.
 func (a *Admin) Discard(ctx context.Context, f Filter, opts ActionOptions) (ActionResult, error) {
 	if len(f.Statuses) == 0 {
 		f.Statuses = []Status{Null, Failed}
+		if f.Fingerprint != "" {
+			f.Statuses = []Status{Dead} // a dead group
+		}
 	}
 	for _, s := range f.Statuses {
 		if s == Progress || s == Done {
-			return ActionResult{}, fmt.Errorf("%w: discard takes pending, failed or dead rows, not %s ones", ErrInvalidFilter, s)
+			return ActionResult{}, fmt.Errorf("%w: discard takes pending, failed or dead rows, not %s ones", ErrInvalidFilter, statusWord(s))
 		}
 	}
 	if err := checkAction(f, opts); err != nil {
@@ -124,6 +134,14 @@ func (a *Admin) Delete(ctx context.Context, f Filter, opts ActionOptions) (Actio
 		return ActionResult{Changed: n}, fmt.Errorf("inbox: delete: %w", err)
 	}
 	return ActionResult{Changed: n}, nil
+}
+
+// statusWord names a status in messages: [Null] is "pending".
+func statusWord(s Status) string {
+	if s == Null {
+		return "pending"
+	}
+	return string(s)
 }
 
 func checkAction(f Filter, opts ActionOptions) error {
@@ -158,6 +176,13 @@ func (a *Admin) bulk(ctx context.Context, f Filter, opts ActionOptions, format, 
 		if s, ok := params[i].(string); ok {
 			params[i] = sanitize(s)
 		}
+	}
+	if opts.DryRun {
+		var args []any
+		var n int64
+		sql := fmt.Sprintf(countSQLFormat, f.where(&args)+extra+" AND status <> 'progress'")
+		err := a.db.queryRow(ctx, sql, args...).Scan(&n)
+		return n, err
 	}
 	args := slices.Clone(params)
 	where := f.where(&args) + extra + " AND updated_at <= " + param(&args, start)
@@ -230,8 +255,8 @@ type PurgeResult struct {
 // it deletes done and dead rows older than the retention window, erases
 // the payloads of done rows older than the payload window, and deletes
 // history entries older than the retention window. It walks the table in
-// chunks of blocks; progress, when set, gets the rows deleted so far after
-// each chunk.
+// chunks of blocks; progress, when set, gets the rows deleted and payloads
+// erased so far after each chunk.
 func (a *Admin) Purge(ctx context.Context, opts PurgeOptions, progress func(PurgeResult)) (PurgeResult, error) {
 	if opts.RetentionDays < 0 || opts.PayloadRetentionDays < 0 {
 		return PurgeResult{}, fmt.Errorf("%w: retention windows must not be negative", ErrInvalidFilter)
@@ -252,6 +277,9 @@ func (a *Admin) Purge(ctx context.Context, opts PurgeOptions, progress func(Purg
 	res.RowsDeleted, res.PayloadsErased = deleted, erased
 	if err != nil {
 		return res, fmt.Errorf("inbox: purge: %w", err)
+	}
+	if progress != nil {
+		progress(res)
 	}
 	res.HistoryDeleted, err = pruneHistory(ctx, a.db, now.AddDate(0, 0, -days))
 	if err != nil {

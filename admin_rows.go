@@ -67,8 +67,9 @@ func (a *Admin) List(ctx context.Context, f Filter, after string, limit int) (Pa
 	return p, nil
 }
 
-// Count returns how many rows match f: what a bulk action with f would
-// consider (rows in progress excepted), as for a dry run.
+// Count returns how many rows match f, in any status unless f says.
+// For what a bulk action would change (with its default statuses, without
+// rows in progress), run it with [ActionOptions].DryRun.
 func (a *Admin) Count(ctx context.Context, f Filter) (int64, error) {
 	if err := f.validate(); err != nil {
 		return 0, err

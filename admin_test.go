@@ -174,10 +174,19 @@ func TestAdminDeadLetterCycle(t *testing.T) {
 		t.Fatalf("bill history %v, want failed 1, dead 2", billHistory)
 	}
 
+	// A dry run counts and changes nothing.
+	res, err := admin.Replay(ctx, inbox.Filter{Fingerprint: billGroup.Fingerprint}, inbox.ActionOptions{DryRun: true})
+	if err != nil || res.Changed != events {
+		t.Fatalf("Replay dry run: %+v, %v", res, err)
+	}
+	if n, err := admin.Count(ctx, inbox.Filter{Fingerprint: billGroup.Fingerprint}); err != nil || n != events {
+		t.Fatalf("after the dry run, the group has %d rows (%v), want %d", n, err, events)
+	}
+
 	// Replay the bill group, in batches smaller than the group.
 	billFails.Store(false)
 	var progress []int64
-	res, err := admin.Replay(ctx, inbox.Filter{Fingerprint: billGroup.Fingerprint},
+	res, err = admin.Replay(ctx, inbox.Filter{Fingerprint: billGroup.Fingerprint},
 		inbox.ActionOptions{Actor: "alice", Reason: "billing fixed", BatchSize: 15, Progress: func(n int64) { progress = append(progress, n) }})
 	if err != nil || res.Changed != events {
 		t.Fatalf("Replay: %+v, %v", res, err)
@@ -210,7 +219,7 @@ func TestAdminDeadLetterCycle(t *testing.T) {
 	}
 
 	// Discarding the audit group marks it handled: one group of discards.
-	res, err = admin.Discard(ctx, inbox.Filter{Fingerprint: auditGroup.Fingerprint, Statuses: []inbox.Status{inbox.Dead}},
+	res, err = admin.Discard(ctx, inbox.Filter{Fingerprint: auditGroup.Fingerprint},
 		inbox.ActionOptions{Actor: "bob", Reason: "audit not needed"})
 	if err != nil || res.Changed != events/2 {
 		t.Fatalf("Discard: %+v, %v", res, err)

@@ -161,7 +161,13 @@
 // # Observability
 //
 // [Inbox.Counts], [Inbox.Lookup], [Inbox.OldestDue] and [Inbox.Workers]
-// tell what is stored, what is late and which workers are alive. The
+// tell what is stored, what is late and which workers are alive. [Hooks]
+// ([WithHooks]) report every Set, claim, handler run (with its outcome and
+// the event's lag), result write, dead row and retention run, for metrics;
+// a [Propagator] ([WithPropagator]) stores the trace context of each Set
+// with its rows, so that the handler's trace continues the producer's.
+// The OpenTelemetry module (github.com/pginbox/inbox/otel) builds metrics,
+// spans and the propagator on them; the core has no dependency on it. The
 // package logs through [log/slog] ([WithLogger]) and reports errors of its
 // own machinery to the [ErrorCallback]; the workers recover by themselves
 // when the database returns.

@@ -114,33 +114,33 @@ func validateName(what, s string) error {
 // RecordState is the stored state of one (event, handler) row, as returned
 // by [Inbox.Lookup].
 type RecordState struct {
-	EventID    uuid.UUID
-	EventType  string
-	HandlerKey string
-	Status     Status
+	EventID    uuid.UUID `json:"event_id"`
+	EventType  string    `json:"event_type"`
+	HandlerKey string    `json:"handler_key"`
+	Status     Status    `json:"status"`
 	// Attempts counts the attempts started so far, including one that is
 	// running or whose worker died. An attempt that ended with [RetryAfter]
 	// or was handed back unstarted at Stop is not counted.
-	Attempts int
+	Attempts int `json:"attempts"`
 	// MaxAttempts is the most attempts the row gets, fixed when it was
 	// stored: the handler's [HandlerMaxAttempts], else the storing Inbox's
 	// [WithMaxRetryAttempt].
-	MaxAttempts int
+	MaxAttempts int `json:"max_attempts"`
 	// LastError is the failure of the latest failed attempt, or "". It is
 	// bounded to [MaxErrorLength] bytes: a longer text keeps its start and
 	// its end around a marker saying how much was left out.
-	LastError string
+	LastError string `json:"last_error"`
 	// PayloadErased reports that retention erased the payload
 	// ([WithPayloadRetention]); the row stays for deduplication.
-	PayloadErased bool
-	EventDate     time.Time
-	CreatedAt     time.Time
-	UpdatedAt     time.Time
+	PayloadErased bool      `json:"payload_erased"`
+	EventDate     time.Time `json:"event_date"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
 	// NextAttemptAt is when the row is next due, for Null and Failed rows;
 	// nil otherwise.
-	NextAttemptAt *time.Time
+	NextAttemptAt *time.Time `json:"next_attempt_at"`
 	// ErrorType names the type of the last failure's root cause: the Go
 	// type (such as "*net.OpError"), or the inbox's own failure (such as
 	// "inbox.ErrHandlerTimeout"); "" before any failure.
-	ErrorType string
+	ErrorType string `json:"error_type"`
 }

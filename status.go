@@ -1,5 +1,7 @@
 package inbox
 
+import "fmt"
+
 // Status is the processing state of one (event, handler) row.
 //
 // A row starts as [Null], becomes [Progress] while a worker holds its lease,
@@ -33,4 +35,21 @@ func (s Status) String() string {
 		return "null"
 	}
 	return string(s)
+}
+
+// MarshalText returns [Status.String]: JSON shows [Null] as "null".
+func (s Status) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText parses a status as [Status.String] writes it; "" and
+// "pending" are read as [Null] too.
+func (s *Status) UnmarshalText(b []byte) error {
+	switch t := Status(b); t {
+	case "null", "pending", Null:
+		*s = Null
+	case Progress, Failed, Done, Dead:
+		*s = t
+	default:
+		return fmt.Errorf("%w: unknown status %q; use one of null, progress, failed, done, dead", ErrInvalidFilter, string(b))
+	}
+	return nil
 }
