@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 )
 
 // DefaultActionBatch is how many rows one statement of a bulk action
@@ -190,7 +191,13 @@ func (a *Admin) bulk(ctx context.Context, f Filter, opts ActionOptions, format, 
 	var total int64
 	for {
 		var n int64
-		if err := a.db.queryRow(ctx, sql, args...).Scan(&n); err != nil {
+		err := pgx.BeginFunc(ctx, a.db.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, actorSQL, a.db.args([]any{sanitize(opts.Actor)})...); err != nil {
+				return err
+			}
+			return tx.QueryRow(ctx, sql, a.db.args(args)...).Scan(&n)
+		})
+		if err != nil {
 			return total, err
 		}
 		total += n
@@ -351,6 +358,9 @@ func (a *Admin) Pause(ctx context.Context, eventType, handlerKey, actor, reason 
 // wakes idle workers. It fails with an error wrapping [ErrNotFound] when
 // there is no such pause.
 func (a *Admin) Resume(ctx context.Context, eventType, handlerKey string) error {
+	if err := (Filter{EventType: eventType, HandlerKey: handlerKey}).validate(); err != nil {
+		return err
+	}
 	tag, err := a.db.exec(ctx, resumeSQL, eventType, handlerKey)
 	if err != nil {
 		return fmt.Errorf("inbox: resume: %w", err)

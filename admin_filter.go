@@ -72,18 +72,20 @@ func (f Filter) validate() error {
 // for a zero Filter.
 func (f Filter) where(args *[]any) string {
 	var conds []string
-	add := func(cond string, v any) {
-		*args = append(*args, v)
-		conds = append(conds, strings.ReplaceAll(cond, "?", "$"+strconv.Itoa(len(*args))))
+	// add adds the condition "<expr> <op> <placeholder of v>". The SQL is
+	// put together by concatenation only: expressions hold regular
+	// expressions, in which no character may be taken for a placeholder.
+	add := func(expr, op string, v any) {
+		conds = append(conds, expr+" "+op+" "+param(args, v))
 	}
 	if f.EventID != uuid.Nil {
-		add("event_id = ?::uuid", pgUUID(f.EventID))
+		add("event_id", "=", pgUUID(f.EventID))
 	}
 	if f.EventType != "" {
-		add("event_type = ?", f.EventType)
+		add("event_type", "=", f.EventType)
 	}
 	if f.HandlerKey != "" {
-		add("handler_key = ?", f.HandlerKey)
+		add("handler_key", "=", f.HandlerKey)
 	}
 	if len(f.Statuses) > 0 {
 		ss := make([]string, len(f.Statuses))
@@ -91,22 +93,23 @@ func (f Filter) where(args *[]any) string {
 			ss[i] = string(s)
 		}
 		if len(ss) == 1 {
-			add("status = ?", ss[0]) // lets the planner use a partial index
+			add("status", "=", ss[0]) // lets the planner use a partial index
 		} else {
-			add("status = ANY (?::text[])", ss)
+			conds = append(conds, "status = ANY ("+param(args, ss)+"::text[])")
 		}
 	}
 	if !f.Since.IsZero() {
-		add("updated_at >= ?", f.Since)
+		add("updated_at", ">=", f.Since)
 	}
 	if !f.Until.IsZero() {
-		add("updated_at < ?", f.Until)
+		add("updated_at", "<", f.Until)
 	}
 	if f.ErrorContains != "" {
-		add("strpos(lower(last_error), lower(?)) > 0", f.ErrorContains)
+		conds = append(conds, "strpos(lower(last_error), lower("+param(args, f.ErrorContains)+")) > 0")
 	}
 	if f.Fingerprint != "" {
-		add("status = 'dead' AND "+fingerprintExpr+" = ?", f.Fingerprint)
+		conds = append(conds, "status = 'dead'")
+		add(fingerprintExpr, "=", f.Fingerprint)
 	}
 	if len(conds) == 0 {
 		return "true"

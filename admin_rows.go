@@ -108,10 +108,12 @@ type HistoryEntry struct {
 	HandlerKey string    `json:"handler_key"`
 	At         time.Time `json:"at"`
 	// Kind is "failed" or "dead" (an attempt failed, or the row died,
-	// with Text the error) or "replayed" (Text the operator's reason).
+	// with Text the error; a row an operator discarded is "dead" with the
+	// Actor set) or "replayed" (Text the operator's reason).
 	Kind    string `json:"kind"`
 	Attempt int    `json:"attempt"`
-	// Actor is who replayed the row, as given to [Admin.Replay].
+	// Actor is who replayed or discarded the row, as given in
+	// [ActionOptions].
 	Actor string `json:"actor,omitempty"`
 	Text  string `json:"text"`
 }
@@ -176,13 +178,13 @@ type DeadGroup struct {
 	// ErrorType names the Go type of the failures' root cause, or the
 	// inbox's own failure (such as "inbox.ErrHandlerTimeout").
 	ErrorType string `json:"error_type"`
-	// Pattern is the failures' text with ids and numbers replaced by <uuid>,
-	// <hex> and <n>.
+	// Pattern is the failures' text with ids and numbers replaced by
+	// <uuid> and <n>.
 	Pattern   string    `json:"pattern"`
 	Count     int64     `json:"count"`
 	FirstSeen time.Time `json:"first_seen"`
 	LastSeen  time.Time `json:"last_seen"`
-	// Sample is the error of the group's latest row.
+	// Sample is the error of one of the group's rows.
 	Sample string `json:"sample"`
 }
 

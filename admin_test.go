@@ -17,7 +17,9 @@ import (
 
 type auditError struct{ order int }
 
-func (e *auditError) Error() string { return fmt.Sprintf("audit rejected order %d", e.order) }
+func (e *auditError) Error() string {
+	return fmt.Sprintf("audit rejected order %d (ref 0x%xe, trace %x-abc)", e.order, e.order, e.order*7919)
+}
 
 // tableCounts counts the rows per (event type, handler key, status) the
 // slow way, to check the counters against.
@@ -150,7 +152,7 @@ func TestAdminDeadLetterCycle(t *testing.T) {
 		t.Fatalf("bill group: %+v", billGroup)
 	}
 	if auditGroup.HandlerKey != "audit" || auditGroup.Count != events/2 || auditGroup.ErrorType != "*inbox_test.auditError" ||
-		auditGroup.Pattern != "audit: audit rejected order <n>" {
+		auditGroup.Pattern != "audit: audit rejected order <n> (ref <n>, trace <n>-abc)" {
 		t.Fatalf("audit group: %+v", auditGroup)
 	}
 	if n, err := admin.Count(ctx, inbox.Filter{Fingerprint: auditGroup.Fingerprint}); err != nil || n != events/2 {
@@ -228,6 +230,14 @@ func TestAdminDeadLetterCycle(t *testing.T) {
 	if err != nil || len(groups) != 1 || groups[0].Count != events/2 || groups[0].ErrorType != "inbox.discarded" ||
 		groups[0].Sample != "discarded by bob: audit not needed" {
 		t.Fatalf("groups after discard: %+v, %v", groups, err)
+	}
+	ev, err = admin.Show(ctx, ids[0]) // an even order: its audit row died
+	if err != nil {
+		t.Fatalf("Show: %v", err)
+	}
+	if last := ev.History[len(ev.History)-1]; last.Kind != "dead" || last.Actor != "bob" || last.HandlerKey != "audit" ||
+		last.Text != "discarded by bob: audit not needed" {
+		t.Fatalf("history after discard: %+v", ev.History)
 	}
 	requireSameCounts(t, pool, admin)
 }

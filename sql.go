@@ -493,12 +493,14 @@ const rowColumns = `event_id, event_type, handler_key, status, attempts, max_att
        CASE WHEN status IN ('', 'failed') THEN due_at END, coalesce(error_type, '')`
 
 // normalisedErrorExpr is a row's last error with what varies from one
-// occurrence of a failure to the next (ids, numbers) replaced by
-// placeholders: "timeout after 10s on order 123" and "timeout after 5s on
-// order 456" both become "timeout after <n>s on order <n>".
+// occurrence of a failure to the next replaced by placeholders: uuids by
+// <uuid>; words of hex digits with at least one decimal digit (numbers,
+// hex ids, 0x2e) and the numbers left in other words by <n>. "timeout
+// after 10s on order 123" and "timeout after 5s on order 456" both become
+// "timeout after <n>s on order <n>".
 const normalisedErrorExpr = `regexp_replace(regexp_replace(regexp_replace(left(last_error, 1024),
     '[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}', '<uuid>', 'g'),
-    '\m(0x)?[0-9a-fA-F]*[0-9][0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*\M|\m(0x)?[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*[0-9][0-9a-fA-F]*\M', '<hex>', 'g'),
+    '\m(0x)?[0-9a-fA-F]*[0-9][0-9a-fA-F]*\M', '<n>', 'g'),
     '[0-9]+([.,][0-9]+)*', '<n>', 'g')`
 
 // fingerprintExpr groups a dead row with the others of its pair that
@@ -506,24 +508,29 @@ const normalisedErrorExpr = `regexp_replace(regexp_replace(regexp_replace(left(l
 const fingerprintExpr = `left(md5(event_type || chr(31) || handler_key || chr(31) || coalesce(error_type, '') || chr(31) || ` +
 	normalisedErrorExpr + `), 16)`
 
+// fingerprintOfPatternExpr is fingerprintExpr for a row whose normalised
+// error is at hand as pattern.
+const fingerprintOfPatternExpr = `left(md5(event_type || chr(31) || handler_key || chr(31) || error_type || chr(31) || pattern), 16)`
+
 // deadGroupsSQLFormat groups the dead rows matching a filter (%s: the
-// WHERE conditions) by fingerprint, largest group first, with the latest
-// error of each group as its sample; $1 limits the groups.
+// WHERE conditions) by fingerprint, largest group first, with the error of
+// one of each group's rows as its sample (fetched by ctid); $1 limits the
+// groups. Each row's error is normalised once.
 const deadGroupsSQLFormat = `
-WITH g AS (
-    SELECT ` + fingerprintExpr + ` AS fingerprint, event_type, handler_key, coalesce(error_type, '') AS error_type,
+WITH n AS (
+    SELECT event_type, handler_key, coalesce(error_type, '') AS error_type,
            ` + normalisedErrorExpr + ` AS pattern, updated_at, ctid
     FROM inbox_records
     WHERE %s
 ), groups AS (
-    SELECT fingerprint, event_type, handler_key, error_type, pattern, count(*) AS n,
+    SELECT event_type, handler_key, error_type, pattern, count(*) AS n,
            min(updated_at) AS first_seen, max(updated_at) AS last_seen, max(ctid) AS sample
-    FROM g GROUP BY 1, 2, 3, 4, 5
+    FROM n GROUP BY 1, 2, 3, 4
 )
-SELECT g.fingerprint, g.event_type, g.handler_key, g.error_type, g.pattern, g.n, g.first_seen, g.last_seen,
-       coalesce(r.last_error, '')
-FROM groups g LEFT JOIN inbox_records r ON r.ctid = g.sample
-ORDER BY g.n DESC, g.last_seen DESC, g.fingerprint
+SELECT ` + fingerprintOfPatternExpr + `, event_type, handler_key, error_type, pattern, n, first_seen, last_seen,
+       coalesce((SELECT r.last_error FROM inbox_records r WHERE r.ctid = sample), '')
+FROM groups
+ORDER BY n DESC, last_seen DESC, 1
 LIMIT $1`
 
 // showPayloadSQL returns the payload of an event from one of its rows that
@@ -601,6 +608,10 @@ SELECT count(*) FROM deleted`
 const historyRetentionSQL = `
 DELETE FROM inbox_history
 WHERE ctid = ANY (ARRAY(SELECT ctid FROM inbox_history WHERE at < $1 LIMIT $2))`
+
+// actorSQL names the operator acting in the transaction, for the history
+// the counting trigger writes.
+const actorSQL = `SELECT set_config('inbox.actor', $1, true)`
 
 // wakeSQL wakes idle workers, as a stored row does.
 const wakeSQL = `SELECT ` + notifySQL

@@ -62,7 +62,8 @@ CREATE TABLE inbox_history (
     event_id    uuid        NOT NULL,
     handler_key text        NOT NULL,
     at          timestamptz NOT NULL DEFAULT clock_timestamp(),
-    -- 'failed' or 'dead' (written by the trigger), 'replayed' (by an
+    -- 'failed' or 'dead' (written by the trigger, with the actor an
+    -- operator's transaction set in inbox.actor), 'replayed' (by an
     -- operator).
     kind        text        NOT NULL,
     attempt     integer     NOT NULL,
@@ -108,8 +109,9 @@ BEGIN
               SELECT event_type, handler_key, status, -1 FROM inbox_old) c
         GROUP BY 1, 2, 3
         HAVING sum(d) <> 0;
-        INSERT INTO inbox_history (event_id, handler_key, kind, attempt, text)
-        SELECT n.event_id, n.handler_key, n.status, n.attempts, left(n.last_error, 1024)
+        INSERT INTO inbox_history (event_id, handler_key, kind, attempt, actor, text)
+        SELECT n.event_id, n.handler_key, n.status, n.attempts,
+               coalesce(current_setting('inbox.actor', true), ''), left(n.last_error, 1024)
         FROM inbox_new n
         JOIN inbox_old o ON o.event_id = n.event_id AND o.handler_key = n.handler_key
         WHERE n.status IN ('failed', 'dead')
