@@ -57,6 +57,18 @@
 //	       payloads, erased by one UPDATE and emptied by one DELETE.
 //	       Target: <= 250 B per event after erasure, compacted. Each case
 //	       runs once unless -reps is given.
+//	Ops    the operators' API (inbox.Admin) on a table keeping 10,000,000
+//	       done rows (100,000 at -size small), 5 event types x 2 handler
+//	       keys, loaded by INSERT ... SELECT from generate_series in
+//	       statements of 1,000,000 rows, plus 10,000 pending rows due now,
+//	       1,000 failed and 2,000 dead rows in 5 failure patterns. Times
+//	       Admin.Stats, which reads the counters the table keeps, against
+//	       the floor it replaces: a GROUP BY over the whole table, whose
+//	       counts Stats' must equal exactly (else the workload fails); then
+//	       DeadGroups, two pages of List of dead rows, Show, Count of one
+//	       fingerprint, and Stats right after a burst of 50,000 pending
+//	       rows in 100 statements (it folds their 100 deltas). Target:
+//	       Stats <= 50 ms.
 //
 // Method: every figure is the median, printed with its min–max range, of
 // several repetitions in which the library's and the floors' runs take
@@ -70,7 +82,7 @@
 //
 // Usage:
 //
-//	go run ./cmd/inboxbench [-size small|full] [-reps N] [-only W1,W1b,W2,W3,Idle,Burst,Retention] [-url URL]
+//	go run ./cmd/inboxbench [-size small|full] [-reps N] [-only W1,W1b,W2,W3,Idle,Burst,Retention,Ops] [-url URL]
 //
 // -size small finishes in about a minute (for CI); -size full is the real
 // measurement and takes a quarter of an hour or more. -url names a
@@ -113,19 +125,20 @@ type size struct {
 	idleRows   int             // Idle: done rows kept in the table
 	idleWindow time.Duration   // Idle: measurement window
 	retention  []retentionCase // Retention: payload sizes and events
+	opsRows    int             // Ops: done rows kept
 }
 
 var sizes = map[string]size{
 	"small": {name: "small", reps: 3, w1: []int{20_000}, w1b: 300, w2: 50, w3: 10_000, burst: 5_000,
 		idleRows: 100_000, idleWindow: 2 * time.Second,
-		retention: []retentionCase{{64, 20_000}, {16 << 10, 5_000}}},
+		retention: []retentionCase{{64, 20_000}, {16 << 10, 5_000}}, opsRows: 100_000},
 	"full": {name: "full", reps: 5, w1: []int{20_000, 100_000, 1_000_000}, w1b: 2_000, w2: 200, w3: 100_000, burst: 60_000,
 		idleRows: 1_000_000, idleWindow: 10 * time.Second,
-		retention: []retentionCase{{64, 200_000}, {1 << 10, 200_000}, {16 << 10, 200_000}}},
+		retention: []retentionCase{{64, 200_000}, {1 << 10, 200_000}, {16 << 10, 200_000}}, opsRows: 10_000_000},
 }
 
 // workloads in the order they run.
-var workloads = []string{"W1", "W1b", "W2", "W3", "Idle", "Burst", "Retention"}
+var workloads = []string{"W1", "W1b", "W2", "W3", "Idle", "Burst", "Retention", "Ops"}
 
 const (
 	libSchema   = "bench_lib"
@@ -298,6 +311,8 @@ func run(ctx context.Context, sz size, reps int, selected []string, serverURL st
 			werr = b.burst(ctx)
 		case "Retention":
 			werr = b.retention(ctx)
+		case "Ops":
+			werr = b.ops(ctx)
 		}
 		if werr != nil {
 			return 1, fmt.Errorf("%s: %w", w, werr)
