@@ -3,9 +3,9 @@
 
 .PHONY: test demo bench fuzz chaos-big ci
 
-## test: the test suite, with the race detector (what the README gives)
+## test: every module's tests, with the race detector (what the README gives)
 test:
-	go test -race ./...
+	bash scripts/test.sh
 
 ## demo: the end-to-end demo
 demo:
