@@ -61,7 +61,7 @@ func records(start, n int) []*inbox.Record {
 func (b *bench) newInbox(pool *pgxpool.Pool, hs ...inbox.Handler) (*inbox.Inbox, error) {
 	reg := inbox.NewRegistry()
 	reg.On(eventType, hs...)
-	return inbox.New(pool, reg, inbox.WithLogger(b.log))
+	return inbox.New(pool, reg, append([]inbox.Option{inbox.WithLogger(b.log)}, b.libOpts...)...)
 }
 
 // noop is a handler that does nothing.

@@ -69,6 +69,10 @@
 //	       fingerprint, and Stats right after a burst of 50,000 pending
 //	       rows in 100 statements (it folds their 100 deltas). Target:
 //	       Stats <= 50 ms.
+//	Hooks  W1's Set then drain at 100,000 events (20,000 at -size small),
+//	       without hooks and with a no-op function on every hook and a
+//	       propagator that stores nothing, taking turns. Target: the drain
+//	       with hooks >= 0.95x the drain without.
 //
 // Method: every figure is the median, printed with its min–max range, of
 // several repetitions in which the library's and the floors' runs take
@@ -138,7 +142,7 @@ var sizes = map[string]size{
 }
 
 // workloads in the order they run.
-var workloads = []string{"W1", "W1b", "W2", "W3", "Idle", "Burst", "Retention", "Ops"}
+var workloads = []string{"W1", "W1b", "W2", "W3", "Idle", "Burst", "Retention", "Ops", "Hooks"}
 
 const (
 	libSchema   = "bench_lib"
@@ -155,7 +159,8 @@ type bench struct {
 	floor    *pgxpool.Pool // search_path bench_floor: the floors' table
 	log      *slog.Logger
 	out      io.Writer
-	canCkpt  bool // the role may run CHECKPOINT
+	canCkpt  bool           // the role may run CHECKPOINT
+	libOpts  []inbox.Option // added to the library's options (Hooks)
 	summary  []summaryLine
 	exitCode int
 }
@@ -311,6 +316,8 @@ func run(ctx context.Context, sz size, reps int, selected []string, serverURL st
 			werr = b.burst(ctx)
 		case "Retention":
 			werr = b.retention(ctx)
+		case "Hooks":
+			werr = b.hooks(ctx)
 		case "Ops":
 			werr = b.ops(ctx)
 		}
