@@ -203,7 +203,7 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 			if string(status) == string(Dead) {
 				var err error = &textError{text: string(msg)}
 				if rescued {
-					err = fmt.Errorf("%w: %s", ErrLeaseExpired, msg)
+					err = &textError{text: ErrLeaseExpired.Error() + ": " + string(msg), is: []error{ErrLeaseExpired}, etype: leaseExpiredType}
 				}
 				died = append(died, DeadRecord{EventID: rid.id, EventType: ro.eventType, HandlerKey: ro.key, Attempts: attempt, Err: err})
 				return nil

@@ -197,6 +197,7 @@ type setRow struct {
 	hash        int64
 	payload     []byte
 	date        time.Time
+	trace       string // the record's own trace context, "" for none
 	inserted    bool
 	conflicting bool
 }
@@ -240,7 +241,7 @@ func (c *Client) plan(records []*Record) (*setPlan, error) {
 			payload = []byte{} // NULL means erased
 		}
 		for _, ro := range rs {
-			p.rows = append(p.rows, setRow{id: r.id, route: ro, record: i, hash: h, payload: payload, date: r.eventDate})
+			p.rows = append(p.rows, setRow{id: r.id, route: ro, record: i, hash: h, payload: payload, date: r.eventDate, trace: r.trace})
 		}
 	}
 	if len(unknown) > 0 {
@@ -347,11 +348,23 @@ func (c *Client) insert(ctx context.Context, q querier, rows []setRow) error {
 	hashes := make([]int64, n)
 	limits := make([]int32, n)
 	dates := make([]time.Time, n)
+	var traces []*string // nil: no row has a trace context
+	ctxTrace := c.traceOf(ctx)
 	for i, r := range rows {
 		ids[i], keys[i], types[i] = pgUUID(r.id), r.route.key, r.route.eventType
 		payloads[i], hashes[i], limits[i], dates[i] = r.payload, r.hash, int32(r.route.maxAttempts), r.date
+		t := ctxTrace
+		if r.trace != "" {
+			t = &r.trace
+		}
+		if t != nil && traces == nil {
+			traces = make([]*string, n)
+		}
+		if traces != nil {
+			traces[i] = t
+		}
 	}
-	res, err := q.Query(ctx, setSQL, c.db.args([]any{ids, keys, types, payloads, hashes, limits, dates, c.notify, c.traceOf(ctx)})...)
+	res, err := q.Query(ctx, setSQL, c.db.args([]any{ids, keys, types, payloads, hashes, limits, dates, c.notify, traces})...)
 	if err != nil {
 		return err
 	}

@@ -86,8 +86,9 @@ func bound(err error) error {
 // from the table, or one whose original was too long to keep in memory. It
 // still matches the package's own sentinels it was built with.
 type textError struct {
-	text string
-	is   []error
+	text  string
+	is    []error
+	etype string // ErrorType of the original error, "" if unknown
 }
 
 func (e *textError) Error() string   { return e.text }
@@ -107,7 +108,7 @@ func compact(err error) (error, string) {
 	if b == text {
 		return err, b
 	}
-	te := &textError{text: b}
+	te := &textError{text: b, etype: ErrorType(err)}
 	for _, s := range sentinels {
 		if errors.Is(err, s) {
 			te.is = append(te.is, s)
@@ -130,11 +131,22 @@ var sentinelNames = map[error]string{
 	ErrRetryAfter:     "inbox.ErrRetryAfter",
 }
 
-// errorType names the type of err's root cause, for grouping failures
-// ([Admin.DeadGroups]): one of the package's sentinels by name, else the
-// Go type of the innermost error of the chain (the first of each joined
-// list), such as *net.OpError or *inbox.PanicError.
-func errorType(err error) string {
+// ErrorType names the type of err's root cause, as the inbox stores it
+// with a failed row ([RecordState].ErrorType) and groups dead rows by it
+// ([Admin.DeadGroups]): one of the package's sentinels by name (such as
+// "inbox.ErrHandlerTimeout"), else the Go type of the innermost error of
+// the chain (the first of each joined list), such as "*net.OpError" or
+// "*inbox.PanicError". A failure the inbox keeps only as text (one longer
+// than [MaxErrorLength]) keeps the type of the error it was made from. ""
+// for nil.
+func ErrorType(err error) string {
+	if err == nil {
+		return ""
+	}
+	var te *textError
+	if errors.As(err, &te) && te.etype != "" {
+		return te.etype
+	}
 	for _, s := range []error{ErrHandlerTimeout, ErrLeaseLost, ErrTxControl, ErrDiscarded} {
 		if errors.Is(err, s) {
 			return sentinelNames[s]

@@ -25,9 +25,9 @@ type Hooks struct {
 	OnSet func(ctx context.Context, e SetEvent)
 	// OnClaim is called after each claim statement.
 	OnClaim func(e ClaimEvent)
-	// OnRun is called after each handler run, with the run's context
-	// (whose values include the [Attempt] and what middleware added; it
-	// may be cancelled already).
+	// OnRun is called after each handler run, with the context the
+	// handler got (its values include the [Attempt], the stored trace and
+	// what middleware added, such as a span; it may be cancelled already).
 	OnRun func(ctx context.Context, e RunEvent)
 	// OnWrite is called after each statement that writes results.
 	OnWrite func(e WriteEvent)
@@ -187,6 +187,25 @@ func (hs hooks) retention(log *slog.Logger, e RetentionEvent) {
 			hs.call(log, "OnRetention", func() { h.OnRetention(e) })
 		}
 	}
+}
+
+// OutcomeOf returns how a run of attempt a that returned err ends, as the
+// inbox records it: for middleware, which returns before the outcome is
+// known. A middleware further out may still change err.
+func OutcomeOf(a Attempt, err error) Outcome {
+	if err == nil {
+		return OutcomeDone
+	}
+	if o, ok := outcomeOf(err); ok {
+		if o.discard {
+			return OutcomeDiscarded
+		}
+		return OutcomeRetryLater
+	}
+	if a.Number >= a.MaxAttempts {
+		return OutcomeDead
+	}
+	return OutcomeFailed
 }
 
 // outcome is how a run with result r ended, for a job at attempt of max.

@@ -234,9 +234,20 @@ func TestPropagator(t *testing.T) {
 	if err != nil {
 		t.Fatalf("SetTx: %v", err)
 	}
+	// A record's own trace context wins over the context's, per record.
+	err = producer.Client().Set(with("00-trace-ctx-01"),
+		record(t, uuid.New(), "e", "own").WithTraceContext("00-trace-own-01"), record(t, uuid.New(), "e", "ctx"))
+	if err != nil {
+		t.Fatalf("Set with a record's own trace: %v", err)
+	}
+	tooLong := record(t, uuid.New(), "e", "x").WithTraceContext(long)
+	if err := producer.Client().Set(ctx, tooLong); !errors.Is(err, inbox.ErrInvalidRecord) {
+		t.Fatalf("Set of a record with a trace context too long: %v, want ErrInvalidRecord", err)
+	}
 	consumer := start(t, pool, reg, fast(t, inbox.WithPropagator(ctxTrace{}))...)
-	waitCounts(t, consumer, 10*time.Second, map[inbox.Status]int{inbox.Done: 5})
+	waitCounts(t, consumer, 10*time.Second, map[inbox.Status]int{inbox.Done: 7})
 	want := map[string]string{
+		"own": "extracted:00-trace-own-01 / 00-trace-own-01", "ctx": "extracted:00-trace-ctx-01 / 00-trace-ctx-01",
 		"a": "extracted:00-trace-a-01 / 00-trace-a-01", "b": " / ", "c": " / ", "d": " / ",
 		"tx": "extracted:00-trace-tx-01 / 00-trace-tx-01",
 	}

@@ -192,7 +192,7 @@ func (o *owner) watch() {
 		w.runners.Add(1)
 		go w.runLoop()
 		e, text := compact(errs[i])
-		o.h.finish(j, result{kind: resFailed, err: e, text: text, etype: errorType(errs[i])})
+		o.h.finish(j, result{kind: resFailed, err: e, text: text, etype: ErrorType(errs[i])})
 	}
 }
 

@@ -29,6 +29,7 @@ type Record struct {
 	eventType string
 	payload   []byte
 	eventDate time.Time
+	trace     string
 }
 
 // NewRecord validates and returns a record.
@@ -64,6 +65,24 @@ func NewRecord(id uuid.UUID, eventType string, payload []byte, eventDate ...time
 	return r, nil
 }
 
+// WithTraceContext returns a copy of the record carrying its own trace
+// context, such as the W3C traceparent a broker message arrived with: Set
+// stores it with the record's rows instead of the one its context's
+// [Propagator] gives, so that each message of a batch keeps its own trace.
+// Set rejects a record whose trace context is longer than
+// [MaxTraceContextLength] bytes or not valid text ([ErrInvalidRecord]).
+func (r *Record) WithTraceContext(traceContext string) *Record {
+	if r == nil {
+		return nil // Set reports the nil record
+	}
+	c := *r
+	c.trace = traceContext
+	return &c
+}
+
+// TraceContext returns the record's own trace context, "" for none.
+func (r *Record) TraceContext() string { return r.trace }
+
 // ID returns the event id.
 func (r *Record) ID() uuid.UUID { return r.id }
 
@@ -88,6 +107,10 @@ func (r *Record) validate() error {
 	}
 	if r.eventDate.IsZero() {
 		return fmt.Errorf("%w: event %s has no event date; build records with NewRecord", ErrInvalidRecord, r.id)
+	}
+	if len(r.trace) > MaxTraceContextLength || !utf8.ValidString(r.trace) || strings.ContainsRune(r.trace, 0) {
+		return fmt.Errorf("%w: event %s: trace context of %d bytes is longer than %d (MaxTraceContextLength) or not text",
+			ErrInvalidRecord, r.id, len(r.trace), MaxTraceContextLength)
 	}
 	if y := r.eventDate.UTC().Year(); y < 1 || y > 9999 {
 		return fmt.Errorf("%w: event %s: event date %s is outside the years 1 to 9999",

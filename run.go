@@ -36,15 +36,17 @@ func (w *worker) execute(j *job) bool {
 	defer j.cancel(nil)
 	var res result
 	started := time.Now()
+	hctx := tctx // the context the handler got, for the hooks
 	if j.ctx.Err() != nil {
 		// Cancelled before it started (a lost lease, a hard stop): the
 		// handler is not called.
 		res = w.failed(tctx, j, context.Cause(j.ctx))
 	} else {
-		res = w.run(w.traced(tctx, j), j)
+		hctx = w.traced(tctx, j)
+		res = w.run(hctx, j, &hctx)
 	}
 	if w.cfg.hooks != nil {
-		w.cfg.hooks.run(w.log, tctx, RunEvent{Attempt: j.actx.a, Outcome: res.outcome(j.attempt, j.maxAttempts), Err: res.err,
+		w.cfg.hooks.run(w.log, hctx, RunEvent{Attempt: j.actx.a, Outcome: res.outcome(j.attempt, j.maxAttempts), Err: res.err,
 			Duration: time.Since(started), Lag: started.Sub(j.storedAt)})
 	}
 	if !j.run.CompareAndSwap(jobRunning, jobReturned) {
@@ -62,8 +64,9 @@ const (
 )
 
 // run runs the middleware chain and the handler, and turns what they
-// returned into the attempt's result.
-func (w *worker) run(ctx context.Context, j *job) result {
+// returned into the attempt's result. It sets *hctx to the context the
+// middleware passed to the handler.
+func (w *worker) run(ctx context.Context, j *job, hctx *context.Context) result {
 	payload := j.payload
 	if j.withheld {
 		err := w.db.queryRow(ctx, payloadSQL, pgUUID(j.id), j.key, pgUUID(w.id), j.claim).Scan(&payload)
@@ -95,6 +98,7 @@ func (w *worker) run(ctx context.Context, j *job) result {
 			return errors.New("inbox: middleware called next more than once")
 		}
 		called = true
+		*hctx = ctx
 		if j.route.tx != nil {
 			committed, innerErr = w.runTx(ctx, j, payload)
 		} else {
@@ -149,7 +153,7 @@ func (w *worker) failed(ctx context.Context, j *job, err error) result {
 			kind = resRetryAfter
 		}
 		e, text := compact(err)
-		return result{kind: kind, err: e, text: text, etype: errorType(err), after: o.after}
+		return result{kind: kind, err: e, text: text, etype: ErrorType(err), after: o.after}
 	}
 	if ctx.Err() != nil {
 		switch cause := context.Cause(ctx); {
@@ -161,7 +165,7 @@ func (w *worker) failed(ctx context.Context, j *job, err error) result {
 		}
 	}
 	e, text := compact(err)
-	return result{kind: resFailed, err: e, text: text, etype: errorType(err)}
+	return result{kind: resFailed, err: e, text: text, etype: ErrorType(err)}
 }
 
 // guest calls user code, turning a panic into a *PanicError.

@@ -15,7 +15,8 @@ package inbox
 // them in order), so concurrent Sets with overlapping rows always lock in
 // the same order and cannot deadlock.
 //
-// Every row gets the trace context $9 (NULL: none).
+// $9 are the rows' trace contexts; a NULL array (no row has one) is
+// padded with NULLs by unnest.
 //
 // It returns the rows it inserted. When asked to ($8), each inserted row
 // notifies idle workers: PostgreSQL folds the identical notifications of a
@@ -23,7 +24,7 @@ package inbox
 // was inserted.
 var setSQL = `
 INSERT INTO inbox_records (event_id, handler_key, event_type, payload, payload_hash, max_attempts, event_date, trace_context)
-SELECT *, $9::text FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int4[], $7::timestamptz[])
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int4[], $7::timestamptz[], $9::text[])
 ON CONFLICT (event_id, handler_key) DO NOTHING
 RETURNING event_id, handler_key, CASE WHEN $8::bool THEN ` + notifySQL + ` END IS NULL`
 

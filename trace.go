@@ -9,7 +9,7 @@ import (
 
 // MaxTraceContextLength is the longest trace context stored with a row,
 // in bytes; a longer one (an oversized tracestate) is not stored.
-const MaxTraceContextLength = 512
+const MaxTraceContextLength = 1024
 
 // Propagator carries a trace across the inbox: the trace context of the
 // code that calls Set is stored with each row it inserts, and the handler
