@@ -3,17 +3,20 @@ package inbox
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Admin operates an inbox table from any process, with a pool alone: no
-// registry, no running workers. It reports statistics, lists and shows
+// registry, no running workers; its reads work on a read-only connection
+// too. It reports statistics, lists and shows
 // rows, groups dead rows by failure, replays, discards and deletes rows,
 // runs retention, and pauses handlers. The inboxctl command and its web
 // dashboard are thin shells over it.
@@ -202,8 +205,17 @@ func (a *Admin) Stats(ctx context.Context) ([]HandlerStats, error) {
 	return out, nil
 }
 
-// fold folds the counting trigger's deltas, unless another fold runs.
-func (a *Admin) fold(ctx context.Context) error { return foldCounts(ctx, a.db) }
+// fold folds the counting trigger's deltas, unless another fold runs. On
+// a read-only connection (a standby, a role that may only read) it folds
+// nothing: the reads add the unfolded deltas anyway.
+func (a *Admin) fold(ctx context.Context) error {
+	err := foldCounts(ctx, a.db)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (pe.Code == "25006" || pe.Code == "42501") {
+		return nil
+	}
+	return err
+}
 
 // foldCounts folds the counting trigger's deltas into the counters,
 // unless another fold of the same table runs (it then folds them).

@@ -2,6 +2,7 @@ package inbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // DefaultActionBatch is how many rows one statement of a bulk action
@@ -94,8 +96,9 @@ func (a *Admin) Replay(ctx context.Context, f Filter, opts ActionOptions) (Actio
 // failed rows unless its Statuses say otherwise (dead rows may be
 // discarded too, to mark them handled: they then form one group in
 // [Admin.DeadGroups]; a filter with a Fingerprint and no Statuses selects
-// the dead rows of that group). Rows in progress are leased to a worker and left
-// alone. No dead callback runs for a discarded row.
+// the dead rows of that group). Rows in progress are leased to a worker
+// and left alone. No dead callback runs for a row discarded here; a dead
+// row whose callback is still owed keeps it.
 func (a *Admin) Discard(ctx context.Context, f Filter, opts ActionOptions) (ActionResult, error) {
 	if len(f.Statuses) == 0 {
 		f.Statuses = []Status{Null, Failed}
@@ -121,8 +124,9 @@ func (a *Admin) Discard(ctx context.Context, f Filter, opts ActionOptions) (Acti
 
 // Delete deletes the rows matching f, with their history. Deleted rows no
 // longer deduplicate: a redelivered event is stored and run again. f must
-// not be zero (to empty the table, say so: Statuses with every status).
-// Rows in progress are leased to a worker and left alone.
+// not be zero (to delete every row that is not in progress, say so:
+// Statuses with every status). Rows in progress are leased to a worker and
+// left alone.
 func (a *Admin) Delete(ctx context.Context, f Filter, opts ActionOptions) (ActionResult, error) {
 	if f.IsZero() {
 		return ActionResult{}, fmt.Errorf("%w: delete needs a filter; it never deletes every row by default", ErrInvalidFilter)
@@ -189,6 +193,7 @@ func (a *Admin) bulk(ctx context.Context, f Filter, opts ActionOptions, format, 
 	where := f.where(&args) + extra + " AND updated_at <= " + param(&args, start)
 	sql := fmt.Sprintf(format, fmt.Sprintf(pickSQLFormat, where, param(&args, batch)))
 	var total int64
+	retries := 0
 	for {
 		var n int64
 		err := pgx.BeginFunc(ctx, a.db.pool, func(tx pgx.Tx) error {
@@ -197,9 +202,14 @@ func (a *Admin) bulk(ctx context.Context, f Filter, opts ActionOptions, format, 
 			}
 			return tx.QueryRow(ctx, sql, a.db.args(args)...).Scan(&n)
 		})
+		if isRetryable(err) && retries < maxBulkRetries {
+			retries++ // the batch rolled back: take it again
+			continue
+		}
 		if err != nil {
 			return total, err
 		}
+		retries = 0
 		total += n
 		if opts.Progress != nil && n > 0 {
 			opts.Progress(total)
@@ -208,6 +218,17 @@ func (a *Admin) bulk(ctx context.Context, f Filter, opts ActionOptions, format, 
 			return total, nil
 		}
 	}
+}
+
+// maxBulkRetries is how many times in a row a bulk action takes a batch
+// again after a deadlock or serialization failure.
+const maxBulkRetries = 5
+
+// isRetryable reports a deadlock or serialization failure: the
+// transaction rolled back and may simply run again.
+func isRetryable(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
 }
 
 // wake tells idle workers that rows may be due; a failure only delays

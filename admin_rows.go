@@ -95,10 +95,12 @@ type Event struct {
 	PayloadErased bool   `json:"payload_erased"`
 	// Rows are the event's rows, one per handler key, ordered by key.
 	Rows []RecordState `json:"rows"`
-	// History lists the failed attempts and operators' actions on the
-	// event's rows, oldest first, as far as kept: the latest 1 KiB of each
-	// failure's text, for as long as the rows are kept. An attempt whose
-	// lease expired shows in the row's LastError until its next attempt.
+	// History lists the failed attempts (those that counted: not a
+	// RetryAfter, nor a row handed back at Stop), deaths and operators'
+	// replays of the event's rows, oldest first: the first 1,024
+	// characters of each failure's text, each entry kept for the dedup
+	// window (WithRetention). An attempt whose lease expired shows in the
+	// row's LastError until its next attempt.
 	History []HistoryEntry `json:"history"`
 }
 

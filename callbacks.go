@@ -42,12 +42,20 @@ type deadCallbacks struct {
 	ctx    context.Context // passed to the callback; ends on a hard stop
 	cancel context.CancelFunc
 	mu     sync.Mutex
-	kept   map[rowID]DeadRecord
+	kept   map[rowID]keptDead
+}
+
+// keptDead is a dead record kept with its handler's own error, for the
+// death of the row at one claim: an operator may have replayed the row
+// since, and a later death of it is another.
+type keptDead struct {
+	rec    DeadRecord
+	claims int
 }
 
 func newDeadCallbacks(w *worker) *deadCallbacks {
 	d := &deadCallbacks{w: w, on: w.cfg.hasDead, wake: make(chan struct{}, 1), quit: make(chan struct{}),
-		done: make(chan struct{}), kept: make(map[rowID]DeadRecord)}
+		done: make(chan struct{}), kept: make(map[rowID]keptDead)}
 	d.ctx, d.cancel = context.WithCancel(context.WithoutCancel(w.ctx))
 	if !d.on {
 		close(d.done)
@@ -57,16 +65,23 @@ func newDeadCallbacks(w *worker) *deadCallbacks {
 	return d
 }
 
-// remember keeps rec, with its original error, for the row's callback.
-func (d *deadCallbacks) remember(k rowID, rec DeadRecord) {
+// remember keeps rec, with its original error, for the callback of the
+// row's death at claim claims. When maxRememberedDead records are kept,
+// one of them (whose callback may never come: an operator replayed or
+// deleted its row) makes room; its callback gets the stored text.
+func (d *deadCallbacks) remember(k rowID, claims int, rec DeadRecord) {
 	if !d.on {
 		return
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if len(d.kept) < maxRememberedDead {
-		d.kept[k] = rec
+	if _, ok := d.kept[k]; !ok && len(d.kept) >= maxRememberedDead {
+		for old := range d.kept {
+			delete(d.kept, old)
+			break
+		}
 	}
+	d.kept[k] = keptDead{rec: rec, claims: claims}
 }
 
 // forget drops a record whose row did not die after all.
@@ -76,12 +91,13 @@ func (d *deadCallbacks) forget(k rowID) {
 	d.mu.Unlock()
 }
 
-func (d *deadCallbacks) take(k rowID) (DeadRecord, bool) {
+// take returns the record kept for the row's death at claim claims.
+func (d *deadCallbacks) take(k rowID, claims int) (DeadRecord, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	rec, ok := d.kept[k]
+	kd, ok := d.kept[k]
 	delete(d.kept, k)
-	return rec, ok
+	return kd.rec, ok && kd.claims == claims
 }
 
 // signal says that callbacks may be owed.
@@ -159,9 +175,10 @@ func (d *deadCallbacks) deliverPage() (int, error) {
 	var id pgtype.UUID
 	var rec DeadRecord
 	var text string
-	_, err = pgx.ForEachRow(rows, []any{&ctid, &id, &rec.EventType, &rec.HandlerKey, &rec.Attempts, &text}, func() error {
+	var claims int
+	_, err = pgx.ForEachRow(rows, []any{&ctid, &id, &rec.EventType, &rec.HandlerKey, &rec.Attempts, &text, &claims}, func() error {
 		rec.EventID = id.Bytes
-		if kept, ok := d.take(rowID{rec.EventID, rec.HandlerKey}); ok {
+		if kept, ok := d.take(rowID{rec.EventID, rec.HandlerKey}, claims); ok {
 			recs = append(recs, kept)
 		} else {
 			rec.Err = errorFromText(text)

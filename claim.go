@@ -166,6 +166,7 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 	var locked int
 	var jobs []*job
 	var died []DeadRecord
+	var diedClaims []int
 	sql, args := claimSQL, []any{plan.types, plan.keys, plan.n, claimBudget.Load(), pgUUID(w.id),
 		w.cfg.lease.Milliseconds(), lostAttemptText, w.deadBy}
 	if plan.capped {
@@ -206,6 +207,7 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 					err = &textError{text: ErrLeaseExpired.Error() + ": " + string(msg), is: []error{ErrLeaseExpired}, etype: leaseExpiredType}
 				}
 				died = append(died, DeadRecord{EventID: rid.id, EventType: ro.eventType, HandlerKey: ro.key, Attempts: attempt, Err: err})
+				diedClaims = append(diedClaims, claims)
 				return nil
 			}
 			jobs = append(jobs, &job{rowID: rid, route: ro, payload: payload, withheld: withheld, attempt: attempt, claim: claims,
@@ -229,8 +231,8 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 	if len(jobs) > 0 {
 		w.send(event{kind: evClaimed, jobs: jobs})
 	}
-	for _, rec := range died {
-		w.died(rec)
+	for i, rec := range died {
+		w.died(rec, diedClaims[i])
 	}
 	return locked, nil
 }

@@ -13,11 +13,13 @@ import (
 //
 // Hooks are called synchronously, from the goroutine that did the work:
 // OnSet from the caller of Set, OnClaim from the claimer, OnRun from the
-// handler's runner, OnWrite and OnDead from the result writer, OnRetention
-// from the maintenance goroutine. None is called from the goroutine that
-// renews leases, so a slow hook delays only the work of its own kind; still,
-// hooks must return quickly (record a metric, end a span) and must not
-// call the Inbox. A hook that panics is recovered and the panic logged.
+// handler's runner once the run's result is on its way, OnWrite from the
+// result writer, OnDead from the result writer or (for rows a claim found
+// dead) the claimer, OnRetention from the maintenance goroutine. None is
+// called from the goroutine that renews leases, so a slow hook delays only
+// later work of its own kind; still, hooks must return quickly (record a
+// metric, end a span) and must not call the Inbox. A hook that panics is
+// recovered and the panic logged.
 type Hooks struct {
 	// OnSet is called after each Set, SetTx and their WithResult forms
 	// that got past checking its records (a call that failed on bad input
@@ -29,7 +31,8 @@ type Hooks struct {
 	// handler got (its values include the [Attempt], the stored trace and
 	// what middleware added, such as a span; it may be cancelled already).
 	OnRun func(ctx context.Context, e RunEvent)
-	// OnWrite is called after each statement that writes results.
+	// OnWrite is called after each batch of results is written (one
+	// statement, or two when some rows moved since they were claimed).
 	OnWrite func(e WriteEvent)
 	// OnDead is called for each row that died, once its death is written:
 	// its attempts used up, discarded, or its last lease expired. It is

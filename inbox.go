@@ -133,6 +133,9 @@ func (i *Inbox) Lookup(ctx context.Context, eventID uuid.UUID) ([]RecordState, e
 // table keeps (see [Admin.Stats]): exact, and cheap however many rows are
 // kept.
 func (i *Inbox) Counts(ctx context.Context) (map[Status]int, error) {
+	if err := i.Admin().fold(ctx); err != nil {
+		return nil, fmt.Errorf("inbox: counts: %w", err)
+	}
 	rows, err := i.db.query(ctx, countsSQL)
 	if err != nil {
 		return nil, fmt.Errorf("inbox: counts: %w", err)

@@ -45,15 +45,21 @@ func (w *worker) execute(j *job) bool {
 		hctx = w.traced(tctx, j)
 		res = w.run(hctx, j, &hctx)
 	}
+	took := time.Since(started)
+	returned := j.run.CompareAndSwap(jobRunning, jobReturned)
+	if returned {
+		w.send(event{kind: evResult, job: j, res: res})
+	} else {
+		// The owner abandoned the run past its timeout and recorded that.
+		res = result{kind: resFailed, err: ErrHandlerTimeout}
+	}
 	if w.cfg.hooks != nil {
+		// After the result is on its way: a slow hook delays this runner's
+		// next job, not this row's result.
 		w.cfg.hooks.run(w.log, hctx, RunEvent{Attempt: j.actx.a, Outcome: res.outcome(j.attempt, j.maxAttempts), Err: res.err,
-			Duration: time.Since(started), Lag: started.Sub(j.storedAt)})
+			Duration: took, Lag: started.Sub(j.storedAt)})
 	}
-	if !j.run.CompareAndSwap(jobRunning, jobReturned) {
-		return false
-	}
-	w.send(event{kind: evResult, job: j, res: res})
-	return true
+	return returned
 }
 
 // Where a running job's handler is, for its runner and the owner.

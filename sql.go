@@ -281,7 +281,7 @@ WHERE row_ctid IS NULL
 // deadCallbacksSQL returns up to $2 dead rows whose dead callback worker
 // $1 owes, with what the callback needs and where the row is.
 const deadCallbacksSQL = `
-SELECT ctid, event_id, event_type, handler_key, attempts, last_error
+SELECT ctid, event_id, event_type, handler_key, attempts, last_error, claims
 FROM inbox_records
 WHERE dead_callback_by = $1::uuid AND status = 'dead'
 LIMIT $2`
@@ -557,10 +557,13 @@ const countSQLFormat = `SELECT count(*) FROM inbox_records WHERE %s`
 
 // pickSQLFormat selects (and locks) a batch of the rows matching a filter
 // for a bulk action, %s: the conditions, %s: the limit parameter; rows in
-// progress are leased to a worker and never picked.
+// progress are leased to a worker and never picked. Rows are locked in
+// ctid order, as retention and the dead callbacks' statements lock them,
+// so that they cannot deadlock with each other.
 const pickSQLFormat = `picked AS MATERIALIZED (
     SELECT ctid, event_id, handler_key, attempts FROM inbox_records
     WHERE %s AND status <> 'progress'
+    ORDER BY ctid
     LIMIT %s
     FOR UPDATE
 )`
@@ -581,11 +584,13 @@ WITH %s, replayed AS (
 SELECT count(*) FROM replayed`
 
 // discardBatchSQLFormat makes a batch of picked rows (%s: the pick) dead,
-// with the reason as their error ($1), without a dead callback.
+// with the reason as their error ($1), without a dead callback (a dead row
+// keeps one it was still owed).
 const discardBatchSQLFormat = `
 WITH %s, discarded AS (
     UPDATE inbox_records AS r
-    SET status = 'dead', last_error = $1, error_type = 'inbox.discarded', dead_callback_by = NULL,
+    SET status = 'dead', last_error = $1, error_type = 'inbox.discarded',
+        dead_callback_by = CASE WHEN r.status = 'dead' THEN r.dead_callback_by END,
         updated_at = now()
     WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM picked))
     RETURNING 1

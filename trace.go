@@ -18,11 +18,13 @@ const MaxTraceContextLength = 1024
 // for W3C Trace Context; pass it with [WithPropagator].
 type Propagator interface {
 	// Inject returns the trace context of ctx as text to store with the
-	// rows, "" for none (ctx carries no trace). It is called once per Set
-	// and must be quick.
+	// rows, "" for none (ctx carries no trace). It is called once per
+	// statement of a Set (one, unless the Set holds more than 16 MiB) and
+	// must be quick.
 	Inject(ctx context.Context) string
 	// Extract returns ctx carrying the stored trace context, for the
-	// handler's run; middleware and the handler see the returned context.
+	// handler's run; middleware and the handler see its values, with the
+	// deadline and cancellation of ctx.
 	Extract(ctx context.Context, stored string) context.Context
 }
 
@@ -52,10 +54,26 @@ func (w *worker) traced(ctx context.Context, j *job) (out context.Context) {
 			out = ctx
 		}
 	}()
-	if c := w.cfg.propagator.Extract(ctx, j.trace); c != nil {
-		return c
+	if c := w.cfg.propagator.Extract(ctx, j.trace); c != nil && c != ctx {
+		return valuesOf{Context: ctx, values: c}
 	}
 	return ctx
+}
+
+// valuesOf is ctx with the values of the context a Propagator returned
+// (and ctx's own where that one has none), but ctx's deadline and
+// cancellation: a propagator that built its context from scratch cannot
+// cut the handler off from its timeout or its lease.
+type valuesOf struct {
+	context.Context
+	values context.Context
+}
+
+func (v valuesOf) Value(key any) any {
+	if x := v.values.Value(key); x != nil {
+		return x
+	}
+	return v.Context.Value(key)
 }
 
 // traceOf returns the trace context to store for a Set with ctx: nil

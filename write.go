@@ -35,6 +35,7 @@ func (w *worker) write(batch []*job) {
 	counted := make([]bool, 0, n)
 	dues := make([]*time.Time, 0, n)
 	dead := make(map[rowID]DeadRecord)
+	deadClaims := make(map[rowID]int)
 	now := time.Now()
 	var retries []time.Time // when the failed rows are due again
 	released := false
@@ -68,11 +69,11 @@ func (w *worker) write(batch []*job) {
 			add(j, string(Failed), &r.text, false, &due)
 		case resDiscard:
 			add(j, string(Dead), &r.text, true, nil)
-			dead[j.rowID] = w.deadRecord(j, r.err)
+			dead[j.rowID], deadClaims[j.rowID] = w.deadRecord(j, r.err), j.claim
 		case resFailed:
 			if j.attempt >= j.maxAttempts {
 				add(j, string(Dead), &r.text, true, nil)
-				dead[j.rowID] = w.deadRecord(j, r.err)
+				dead[j.rowID], deadClaims[j.rowID] = w.deadRecord(j, r.err), j.claim
 				continue
 			}
 			due := now.Add(retryDelay(j.attempt, j.route.backoffBase, j.route.backoffMax, rand.Float64()))
@@ -85,7 +86,7 @@ func (w *worker) write(batch []*job) {
 		return
 	}
 	for k, rec := range dead {
-		w.deadCalls.remember(k, rec)
+		w.deadCalls.remember(k, deadClaims[k], rec)
 	}
 	started := time.Now()
 	written, err := w.complete(ctids, ids, keys, claims, statuses, errs, types, counted, dues)
@@ -178,10 +179,10 @@ func (w *worker) deadRecord(j *job, err error) DeadRecord {
 }
 
 // died handles a row that a claim found dead (its last lease expired).
-func (w *worker) died(rec DeadRecord) {
+func (w *worker) died(rec DeadRecord, claims int) {
 	w.logDead(rec)
 	if w.cfg.hasDead {
-		w.deadCalls.remember(rowID{rec.EventID, rec.HandlerKey}, rec)
+		w.deadCalls.remember(rowID{rec.EventID, rec.HandlerKey}, claims, rec)
 		w.deadCalls.signal()
 	}
 }

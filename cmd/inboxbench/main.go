@@ -368,8 +368,8 @@ func newSchema(ctx context.Context, pool *pgxpool.Pool, schema string, migrate b
 	if migrate && (schema == floorSchema || schema == burstFloorSchema) {
 		// A floor is hand-written SQL on a plain table: without the
 		// library's counting triggers, which the library's figures pay for.
-		for _, op := range []string{"insert", "update", "delete", "truncate"} {
-			if _, err := pool.Exec(ctx, "DROP TRIGGER inbox_records_tally_"+op+" ON inbox_records"); err != nil {
+		for _, name := range []string{"tally_insert", "tally_update", "tally_delete", "tally_truncate", "history"} {
+			if _, err := pool.Exec(ctx, "DROP TRIGGER inbox_records_"+name+" ON inbox_records"); err != nil {
 				return fmt.Errorf("schema %s: drop the counting trigger: %w", schema, err)
 			}
 		}
