@@ -134,62 +134,69 @@ func WithHooks(h Hooks) Option {
 // hooks are the sets of hooks of an Inbox, nil when none was given.
 type hooks []Hooks
 
-// call runs fn, recovering and logging a panic.
-func (hs hooks) call(log *slog.Logger, name string, fn func()) {
-	defer func() {
-		if p := recover(); p != nil {
-			log.Error("inbox: hook panicked; recovered", "hook", name, "panic", p, "stack", string(debug.Stack()))
-		}
-	}()
-	fn()
+// recovered logs a panic of the hook named name; deferred by each call of
+// a hook, it recovers the panic itself.
+func recovered(log *slog.Logger, name string) {
+	if p := recover(); p != nil {
+		log.Error("inbox: hook panicked; recovered", "hook", name, "panic", p, "stack", string(debug.Stack()))
+	}
 }
 
+// Each method calls one kind of hook of every set, recovering panics,
+// without allocating: a call is a deferred function and an indirect call.
+
 func (hs hooks) set(log *slog.Logger, ctx context.Context, e SetEvent) {
-	for _, h := range hs {
-		if h.OnSet != nil {
-			hs.call(log, "OnSet", func() { h.OnSet(ctx, e) })
-		}
+	for i := range hs {
+		callCtx(log, "OnSet", hs[i].OnSet, ctx, &e)
 	}
 }
 
 func (hs hooks) claim(log *slog.Logger, e ClaimEvent) {
-	for _, h := range hs {
-		if h.OnClaim != nil {
-			hs.call(log, "OnClaim", func() { h.OnClaim(e) })
-		}
+	for i := range hs {
+		call(log, "OnClaim", hs[i].OnClaim, &e)
 	}
 }
 
 func (hs hooks) run(log *slog.Logger, ctx context.Context, e RunEvent) {
-	for _, h := range hs {
-		if h.OnRun != nil {
-			hs.call(log, "OnRun", func() { h.OnRun(ctx, e) })
-		}
+	for i := range hs {
+		callCtx(log, "OnRun", hs[i].OnRun, ctx, &e)
 	}
 }
 
 func (hs hooks) write(log *slog.Logger, e WriteEvent) {
-	for _, h := range hs {
-		if h.OnWrite != nil {
-			hs.call(log, "OnWrite", func() { h.OnWrite(e) })
-		}
+	for i := range hs {
+		call(log, "OnWrite", hs[i].OnWrite, &e)
 	}
 }
 
 func (hs hooks) dead(log *slog.Logger, rec DeadRecord) {
-	for _, h := range hs {
-		if h.OnDead != nil {
-			hs.call(log, "OnDead", func() { h.OnDead(rec) })
-		}
+	for i := range hs {
+		call(log, "OnDead", hs[i].OnDead, &rec)
 	}
 }
 
 func (hs hooks) retention(log *slog.Logger, e RetentionEvent) {
-	for _, h := range hs {
-		if h.OnRetention != nil {
-			hs.call(log, "OnRetention", func() { h.OnRetention(e) })
-		}
+	for i := range hs {
+		call(log, "OnRetention", hs[i].OnRetention, &e)
 	}
+}
+
+// call calls hook f, if set, with *e.
+func call[E any](log *slog.Logger, name string, f func(E), e *E) {
+	if f == nil {
+		return
+	}
+	defer recovered(log, name)
+	f(*e)
+}
+
+// callCtx calls hook f, if set, with ctx and *e.
+func callCtx[E any](log *slog.Logger, name string, f func(context.Context, E), ctx context.Context, e *E) {
+	if f == nil {
+		return
+	}
+	defer recovered(log, name)
+	f(ctx, *e)
 }
 
 // OutcomeOf returns how a run of attempt a that returned err ends, as the
