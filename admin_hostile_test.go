@@ -13,12 +13,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // lockWaiter waits until a statement like pattern waits for a lock.
 func lockWaiter(t *testing.T, pool *pgxpool.Pool, pattern string) {
 	t.Helper()
-	eventually(t, 10*time.Second, "a statement like "+pattern+" to wait for a lock", func() (bool, error) {
+	testenv.Eventually(t, 10*time.Second, "a statement like "+pattern+" to wait for a lock", func() (bool, error) {
 		var n int
 		err := pool.QueryRow(context.Background(),
 			`SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1`, pattern).Scan(&n)
@@ -32,7 +33,7 @@ func lockWaiter(t *testing.T, pool *pgxpool.Pool, pattern string) {
 // on a read-only connection.
 func TestCountersSurviveHostileWrites(t *testing.T) {
 	ctx := context.Background()
-	poolA, poolB := newPool(t), newPool(t)
+	poolA, poolB := testenv.MigratedPool(t), testenv.MigratedPool(t)
 	var schemaA string
 	if err := poolA.QueryRow(ctx, `SELECT current_schema()`).Scan(&schemaA); err != nil {
 		t.Fatal(err)
@@ -43,7 +44,7 @@ func TestCountersSurviveHostileWrites(t *testing.T) {
 	ibA, _ := inbox.New(poolA, reg)
 	ibB, _ := inbox.New(poolB, reg)
 	for i := range 3 {
-		if err := ibA.Client().Set(ctx, record(t, uuid.New(), "a", fmt.Sprint(i))); err != nil {
+		if err := ibA.Client().Set(ctx, testenv.Record(t, uuid.New(), "a", fmt.Sprint(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -53,7 +54,7 @@ func TestCountersSurviveHostileWrites(t *testing.T) {
 	if _, err := poolB.Exec(ctx, `UPDATE `+table+` SET status = 'dead' WHERE ctid = (SELECT min(ctid) FROM `+table+`)`); err != nil {
 		t.Fatalf("update through another search_path: %v", err)
 	}
-	if _, err := schemaPool(t, "public", 2).Exec(ctx, `DELETE FROM `+table+` WHERE status = ''`); err != nil {
+	if _, err := testenv.SchemaPool(t, "public", 2).Exec(ctx, `DELETE FROM `+table+` WHERE status = ''`); err != nil {
 		t.Fatalf("delete through a search_path without an inbox: %v", err)
 	}
 	a, errA := ibA.Counts(ctx)
@@ -65,13 +66,13 @@ func TestCountersSurviveHostileWrites(t *testing.T) {
 	// TRUNCATE while a fold is half-way: the fold waits on a counter row
 	// another transaction holds.
 	admin := ibA.Admin()
-	if err := ibA.Client().Set(ctx, record(t, uuid.New(), "b", "1")); err != nil {
+	if err := ibA.Client().Set(ctx, testenv.Record(t, uuid.New(), "b", "1")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := admin.Stats(ctx); err != nil { // b has a counter row now
 		t.Fatal(err)
 	}
-	if err := ibA.Client().Set(ctx, record(t, uuid.New(), "a", "x"), record(t, uuid.New(), "b", "2")); err != nil {
+	if err := ibA.Client().Set(ctx, testenv.Record(t, uuid.New(), "a", "x"), testenv.Record(t, uuid.New(), "b", "2")); err != nil {
 		t.Fatal(err)
 	}
 	holder, err := poolA.Begin(ctx)
@@ -97,10 +98,10 @@ func TestCountersSurviveHostileWrites(t *testing.T) {
 	}
 
 	// Stats on a read-only connection reads the unfolded deltas.
-	if err := ibA.Client().Set(ctx, record(t, uuid.New(), "a", "ro")); err != nil {
+	if err := ibA.Client().Set(ctx, testenv.Record(t, uuid.New(), "a", "ro")); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := pgxpool.ParseConfig(testDatabaseURL)
+	cfg, err := pgxpool.ParseConfig(testenv.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +123,7 @@ func TestCountersSurviveHostileWrites(t *testing.T) {
 // later, again and again, writes no history; its one real failure does.
 func TestHistoryRecordsCountedFailuresOnly(t *testing.T) {
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	var n atomic.Int32
 	reg := inbox.NewRegistry()
 	reg.On("e", inbox.HandlerFunc("k", func(context.Context, []byte) error {
@@ -134,9 +135,9 @@ func TestHistoryRecordsCountedFailuresOnly(t *testing.T) {
 		}
 		return nil
 	}))
-	ib := start(t, pool, reg, fast(t)...)
+	ib := start(t, pool, reg, testenv.Fast(t)...)
 	id := uuid.New()
-	if err := ib.Client().Set(ctx, record(t, id, "e", "x")); err != nil {
+	if err := ib.Client().Set(ctx, testenv.Record(t, id, "e", "x")); err != nil {
 		t.Fatal(err)
 	}
 	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Done: 1})
@@ -153,18 +154,18 @@ func TestHistoryRecordsCountedFailuresOnly(t *testing.T) {
 // timeout does not turn a successful run into a failure.
 func TestSlowRunHookKeepsTheResult(t *testing.T) {
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	var runs atomic.Int32
 	release := make(chan struct{})
 	reg := inbox.NewRegistry()
 	reg.Handle("e", inbox.HandlerFunc("k", func(context.Context, []byte) error { runs.Add(1); return nil }),
 		inbox.HandlerTimeout(100*time.Millisecond), inbox.HandlerMaxAttempts(1))
-	ib := start(t, pool, reg, fast(t, inbox.WithHooks(inbox.Hooks{
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithHooks(inbox.Hooks{
 		OnRun: func(context.Context, inbox.RunEvent) { <-release },
 	}))...)
 	defer close(release)
 	id := uuid.New()
-	if err := ib.Client().Set(ctx, record(t, id, "e", "x")); err != nil {
+	if err := ib.Client().Set(ctx, testenv.Record(t, id, "e", "x")); err != nil {
 		t.Fatal(err)
 	}
 	// The result is written while the hook still blocks.
@@ -178,7 +179,7 @@ func TestSlowRunHookKeepsTheResult(t *testing.T) {
 // at once do not deadlock (both lock rows in ctid order).
 func TestBulkActionsBesideRetention(t *testing.T) {
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	admin, _ := inbox.NewAdmin(pool)
 	if _, err := pool.Exec(ctx, `INSERT INTO inbox_records (event_id, handler_key, event_type, payload, event_date, status, updated_at)
 		SELECT gen_random_uuid(), 'k', 'e', 'x', now(), 'dead', now() - interval '61 days' - i * interval '1 second'

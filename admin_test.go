@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 type auditError struct{ order int }
@@ -84,7 +85,7 @@ func statsOf(stats []inbox.HandlerStats, eventType, key string) inbox.HandlerSta
 // replayed and runs to done, and the history says who replayed it.
 func TestAdminDeadLetterCycle(t *testing.T) {
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	var billFails atomic.Bool
 	billFails.Store(true)
 	reg := inbox.NewRegistry()
@@ -112,9 +113,9 @@ func TestAdminDeadLetterCycle(t *testing.T) {
 	recs := make([]*inbox.Record, events)
 	for i := range recs {
 		ids[i] = uuid.New()
-		recs[i] = record(t, ids[i], "order.paid", fmt.Sprintf("order %d <script>alert(%d)</script>", 1000+i, i))
+		recs[i] = testenv.Record(t, ids[i], "order.paid", fmt.Sprintf("order %d <script>alert(%d)</script>", 1000+i, i))
 	}
-	ib := start(t, pool, reg, fast(t, inbox.WithMaxRetryAttempt(2))...)
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithMaxRetryAttempt(2))...)
 	if err := ib.Client().Set(ctx, recs...); err != nil {
 		t.Fatalf("Set: %v", err)
 	}
@@ -246,12 +247,12 @@ func TestAdminDeadLetterCycle(t *testing.T) {
 // while the other handlers of the same events run; Resume lets them run.
 func TestAdminPause(t *testing.T) {
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	r := newRuns()
 	reg := inbox.NewRegistry()
 	reg.On("user.created", r.handler("email"), r.handler("crm"))
 	reg.On("user.deleted", r.handler("email"))
-	ib := start(t, pool, reg, fast(t)...)
+	ib := start(t, pool, reg, testenv.Fast(t)...)
 	admin := ib.Admin()
 	if err := admin.Pause(ctx, "", "crm", "carol", "crm down"); err != nil {
 		t.Fatalf("Pause: %v", err)
@@ -262,13 +263,13 @@ func TestAdminPause(t *testing.T) {
 	const events = 20
 	var recs []*inbox.Record
 	for i := range events {
-		recs = append(recs, record(t, uuid.New(), "user.created", fmt.Sprint("c", i)), record(t, uuid.New(), "user.deleted", fmt.Sprint("d", i)))
+		recs = append(recs, testenv.Record(t, uuid.New(), "user.created", fmt.Sprint("c", i)), testenv.Record(t, uuid.New(), "user.deleted", fmt.Sprint("d", i)))
 	}
 	if err := ib.Client().Set(ctx, recs...); err != nil {
 		t.Fatalf("Set: %v", err)
 	}
 	// The claims that ran email for user.created also saw the paused rows.
-	eventually(t, 10*time.Second, "email rows of user.created done", func() (bool, error) {
+	testenv.Eventually(t, 10*time.Second, "email rows of user.created done", func() (bool, error) {
 		n, err := admin.Count(ctx, inbox.Filter{EventType: "user.created", HandlerKey: "email", Statuses: []inbox.Status{inbox.Done}})
 		return n == events, err
 	})
@@ -312,7 +313,7 @@ func TestAdminPause(t *testing.T) {
 // keep the counters exact.
 func TestAdminListAndBulkActions(t *testing.T) {
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	reg := inbox.NewRegistry()
 	reg.On("e", inbox.HandlerFunc("k", func(_ context.Context, p []byte) error {
 		if strings.HasPrefix(string(p), "fail") {
@@ -327,9 +328,9 @@ func TestAdminListAndBulkActions(t *testing.T) {
 		if i%10 == 0 {
 			p = "fail"
 		}
-		recs = append(recs, record(t, uuid.New(), "e", p))
+		recs = append(recs, testenv.Record(t, uuid.New(), "e", p))
 	}
-	ib := start(t, pool, reg, fast(t)...)
+	ib := start(t, pool, reg, testenv.Fast(t)...)
 	if err := ib.Client().Set(ctx, recs...); err != nil {
 		t.Fatalf("Set: %v", err)
 	}

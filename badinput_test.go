@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // errBadInput is the error the handlers of TestBadInput wrap or panic with.
@@ -165,7 +166,7 @@ func badTx(prepare func(ctx context.Context, tx pgx.Tx) error, recs func(t *test
 }
 
 func goodOrder(t *testing.T) *inbox.Record {
-	return record(t, uuid.New(), "order", `{"id":1}`)
+	return testenv.Record(t, uuid.New(), "order", `{"id":1}`)
 }
 
 func badIsPgCode(code string) func(*testing.T, error) {
@@ -260,13 +261,13 @@ func TestBadInput(t *testing.T) {
 			is:  inbox.ErrInvalidRecord, msg: []string{"record 0", "nil UUID"}},
 		{name: "Set unknown event type", writes: true,
 			run: badSet(func(t *testing.T) []*inbox.Record {
-				return []*inbox.Record{record(t, uuid.New(), "payment", "")}
+				return []*inbox.Record{testenv.Record(t, uuid.New(), "payment", "")}
 			}),
 			is: inbox.ErrUnknownEventType, msg: []string{`"payment" (1)`, "nothing was stored", "SkipUnknown"}},
 		{name: "Set good record and unknown ones", writes: true,
 			run: badSet(func(t *testing.T) []*inbox.Record {
-				return []*inbox.Record{goodOrder(t), record(t, uuid.New(), "refund", ""),
-					record(t, uuid.New(), "payment", ""), record(t, uuid.New(), "refund", "")}
+				return []*inbox.Record{goodOrder(t), testenv.Record(t, uuid.New(), "refund", ""),
+					testenv.Record(t, uuid.New(), "payment", ""), testenv.Record(t, uuid.New(), "refund", "")}
 			}),
 			is: inbox.ErrUnknownEventType, msg: []string{`"payment" (1), "refund" (2)`, "nothing was stored"}},
 		{name: "Set cancelled context", writes: true,
@@ -454,10 +455,10 @@ func TestBadInput(t *testing.T) {
 		{name: "Start twice", run: func(_ *testing.T, e *badEnv) error { return e.running.Start(ctx) },
 			is: inbox.ErrAlreadyStarted, msg: []string{"already started"}},
 		{name: "Start without migrations on an empty schema", run: func(t *testing.T, e *badEnv) error {
-			pool := schemaPool(t, newSchema(t), 2)
+			pool := testenv.SchemaPool(t, testenv.Schema(t), 2)
 			r := inbox.NewRegistry()
 			r.On("order", inbox.HandlerFunc("reserve", badNoop))
-			ib, err := inbox.New(pool, r, inbox.WithoutMigrations(), inbox.WithLogger(quiet(t)))
+			ib, err := inbox.New(pool, r, inbox.WithoutMigrations(), inbox.WithLogger(testenv.Logger(t)))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -522,10 +523,10 @@ func TestBadInput(t *testing.T) {
 	}
 
 	// The shared schemas and inboxes.
-	writes, procs := newPool(t), newPool(t)
+	writes, procs := testenv.MigratedPool(t), testenv.MigratedPool(t)
 	wreg := inbox.NewRegistry()
 	wreg.On("order", inbox.HandlerFunc("reserve", badNoop), inbox.HandlerFunc("notify", badNoop))
-	wib, err := inbox.New(writes, wreg, inbox.WithLogger(quiet(t)))
+	wib, err := inbox.New(writes, wreg, inbox.WithLogger(testenv.Logger(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -537,7 +538,7 @@ func TestBadInput(t *testing.T) {
 			deadCh[c.name] = make(chan inbox.DeadRecord, 1)
 		}
 	}
-	running := start(t, procs, preg, fast(t,
+	running := start(t, procs, preg, testenv.Fast(t,
 		inbox.WithMaxRetryAttempt(1),
 		inbox.OnDeadCallback(func(_ context.Context, rec inbox.DeadRecord) {
 			select {
@@ -627,7 +628,7 @@ func badProcess(t *testing.T, e *badEnv, eventType string, dead <-chan inbox.Dea
 	t.Helper()
 	ctx := context.Background()
 	id := uuid.New()
-	if err := e.running.Client().Set(ctx, record(t, id, eventType, "payload")); err != nil {
+	if err := e.running.Client().Set(ctx, testenv.Record(t, id, eventType, "payload")); err != nil {
 		t.Fatalf("Set: %v", err)
 	}
 	var rec inbox.DeadRecord
@@ -670,7 +671,7 @@ func badStopWhileRunning(t *testing.T, e *badEnv) error {
 		<-release
 		return nil
 	}))
-	ib, err := inbox.New(e.procs, reg, fast(t)...)
+	ib, err := inbox.New(e.procs, reg, testenv.Fast(t)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -678,7 +679,7 @@ func badStopWhileRunning(t *testing.T, e *badEnv) error {
 		t.Fatal(err)
 	}
 	id := uuid.New()
-	if err := ib.Client().Set(ctx, record(t, id, "stop-while-running", "")); err != nil {
+	if err := ib.Client().Set(ctx, testenv.Record(t, id, "stop-while-running", "")); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -718,7 +719,7 @@ func badStopWhileRunning(t *testing.T, e *badEnv) error {
 // It must run once and succeed.
 func badLongestTimeout(t *testing.T, e *badEnv) error {
 	ctx := context.Background()
-	const lease = 300 * time.Millisecond
+	const lease = time.Second // renewals every 250 ms: not starved on a loaded machine
 	var runs atomic.Int32
 	reg := inbox.NewRegistry()
 	reg.On("longest-timeout", inbox.HandlerFunc("h", func(ctx context.Context, _ []byte) error {
@@ -731,7 +732,7 @@ func badLongestTimeout(t *testing.T, e *badEnv) error {
 		}
 	}))
 	var lost atomic.Int32
-	ib := start(t, e.procs, reg, fast(t,
+	ib := start(t, e.procs, reg, testenv.Fast(t,
 		inbox.WithHandlerTimeout(math.MaxInt64),
 		inbox.WithLease(lease),
 		inbox.OnErrorCallback(func(err error) {
@@ -740,11 +741,11 @@ func badLongestTimeout(t *testing.T, e *badEnv) error {
 			}
 		}))...)
 	id := uuid.New()
-	if err := ib.Client().Set(ctx, record(t, id, "longest-timeout", "")); err != nil {
+	if err := ib.Client().Set(ctx, testenv.Record(t, id, "longest-timeout", "")); err != nil {
 		t.Fatal(err)
 	}
 	var states []inbox.RecordState
-	err := poll(10*time.Second, func() (bool, error) {
+	err := testenv.Poll(10*time.Second, func() (bool, error) {
 		var err error
 		states, err = ib.Lookup(ctx, id)
 		return err == nil && len(states) == 1 && (states[0].Status == inbox.Done || states[0].Status == inbox.Dead), err

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // The benchmarks store b.N events of one type with one handler, so one row
@@ -28,7 +29,7 @@ func benchBatches(b testing.TB, n int) [][]*inbox.Record {
 	for start := 0; start < n; start += benchSetBatch {
 		batch := make([]*inbox.Record, min(benchSetBatch, n-start))
 		for i := range batch {
-			batch[i] = record(b, uuid.New(), "bench", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+			batch[i] = testenv.Record(b, uuid.New(), "bench", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
 		}
 		batches = append(batches, batch)
 	}
@@ -48,10 +49,10 @@ func benchSet(b *testing.B, c *inbox.Client, batches [][]*inbox.Record) {
 // BenchmarkSet measures Set: b.N events in batches of 1,000, each batch one
 // call and one transaction.
 func BenchmarkSet(b *testing.B) {
-	pool := newPool(b)
+	pool := testenv.MigratedPool(b)
 	reg := inbox.NewRegistry()
 	reg.On("bench", inbox.HandlerFunc("noop", func(context.Context, []byte) error { return nil }))
-	ib, err := inbox.New(pool, reg, inbox.WithLogger(quiet(b)))
+	ib, err := inbox.New(pool, reg, inbox.WithLogger(testenv.Logger(b)))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -67,7 +68,7 @@ func BenchmarkSet(b *testing.B) {
 // the timer runs from Start until a no-op handler has run for every event
 // and no row is left unfinished.
 func BenchmarkDrain(b *testing.B) {
-	pool := newPool(b)
+	pool := testenv.MigratedPool(b)
 	var runs atomic.Int64
 	all := make(chan struct{})
 	target := int64(b.N)
@@ -78,7 +79,7 @@ func BenchmarkDrain(b *testing.B) {
 		}
 		return nil
 	}))
-	ib, err := inbox.New(pool, reg, inbox.WithLogger(quiet(b)))
+	ib, err := inbox.New(pool, reg, inbox.WithLogger(testenv.Logger(b)))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -97,7 +98,7 @@ func BenchmarkDrain(b *testing.B) {
 	case <-time.After(10 * time.Minute):
 		b.Fatalf("%d of %d handler runs after 10 minutes", runs.Load(), b.N)
 	}
-	if err := poll(time.Minute, func() (bool, error) { return !unfinished(b, pool), nil }); err != nil {
+	if err := testenv.Poll(time.Minute, func() (bool, error) { return !unfinished(b, pool), nil }); err != nil {
 		b.Fatalf("waiting for every row to be done: %v", err)
 	}
 	b.StopTimer()

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // childEnv, when set, makes the test binary a crash-test child: it claims
@@ -57,7 +58,7 @@ func runCrashChild(spec string) error {
 func crashChild(t *testing.T, pool *pgxpool.Pool, schema string, n, attempt int) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0]) // TestMain sees childEnv and runs runCrashChild
-	cmd.Env = append(os.Environ(), childEnv+"="+testDatabaseURL+" "+schema)
+	cmd.Env = append(os.Environ(), childEnv+"="+testenv.URL()+" "+schema)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -65,7 +66,7 @@ func crashChild(t *testing.T, pool *pgxpool.Pool, schema string, n, attempt int)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	err := poll(30*time.Second, func() (bool, error) {
+	err := testenv.Poll(30*time.Second, func() (bool, error) {
 		select {
 		case err := <-exited:
 			return false, fmt.Errorf("child exited early: %v\n%s", err, out.String())
@@ -93,8 +94,8 @@ func crashChild(t *testing.T, pool *pgxpool.Pool, schema string, n, attempt int)
 // them with.
 func crashSetup(t *testing.T) (string, *pgxpool.Pool, *runs, *inbox.Registry, *inbox.Inbox) {
 	t.Helper()
-	schema := newSchema(t)
-	pool := schemaPool(t, schema, 10)
+	schema := testenv.Schema(t)
+	pool := testenv.SchemaPool(t, schema, 10)
 	if err := inbox.Migrate(context.Background(), pool); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +121,7 @@ func TestCrashRecovery(t *testing.T) {
 	var recs []*inbox.Record
 	for i := range n {
 		ids = append(ids, uuid.New())
-		recs = append(recs, record(t, ids[i], "crash", fmt.Sprint(i)))
+		recs = append(recs, testenv.Record(t, ids[i], "crash", fmt.Sprint(i)))
 	}
 	if err := writer.Client().Set(ctx, recs...); err != nil {
 		t.Fatal(err)
@@ -132,7 +133,7 @@ func TestCrashRecovery(t *testing.T) {
 		t.Fatalf("after the kill: %v, %v; want all %d rows still in progress", c, err, n)
 	}
 
-	ib := start(t, pool, reg, fast(t)...)
+	ib := start(t, pool, reg, testenv.Fast(t)...)
 	waitCounts(t, ib, 30*time.Second, map[inbox.Status]int{inbox.Done: n})
 	got := r.snapshot()
 	for i := range n {
@@ -161,14 +162,14 @@ func TestPoisonRowDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := uuid.New()
-	if err := writer.Client().Set(ctx, record(t, id, "crash", "poison")); err != nil {
+	if err := writer.Client().Set(ctx, testenv.Record(t, id, "crash", "poison")); err != nil {
 		t.Fatal(err)
 	}
 	crashChild(t, pool, schema, 1, 1)
 	crashChild(t, pool, schema, 1, 2)
 
 	dead := make(chan inbox.DeadRecord, 1)
-	ib := start(t, pool, reg, fast(t,
+	ib := start(t, pool, reg, testenv.Fast(t,
 		inbox.OnDeadCallback(func(_ context.Context, rec inbox.DeadRecord) { dead <- rec }))...)
 	var rec inbox.DeadRecord
 	select {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -15,13 +16,17 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
+
+// exampleSeq numbers the schemas of examplePool.
+var exampleSeq atomic.Int64
 
 // examplePool returns a pool working in a fresh schema of the test database.
 func examplePool() *pgxpool.Pool {
 	ctx := context.Background()
-	schema := fmt.Sprintf("example_%d", schemaSeq.Add(1))
-	cfg, err := pgxpool.ParseConfig(testDatabaseURL)
+	schema := fmt.Sprintf("example_%d", exampleSeq.Add(1))
+	cfg, err := pgxpool.ParseConfig(testenv.URL())
 	if err != nil {
 		panic(err)
 	}
@@ -38,7 +43,7 @@ func examplePool() *pgxpool.Pool {
 
 // waitIdle waits until no row of ib is due or running.
 func waitIdle(ib *inbox.Inbox) {
-	err := poll(10*time.Second, func() (bool, error) {
+	err := testenv.Poll(10*time.Second, func() (bool, error) {
 		c, err := ib.Counts(context.Background())
 		return c[inbox.Null]+c[inbox.Failed]+c[inbox.Progress] == 0, err
 	})

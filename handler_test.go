@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // wrapped is what a user's logging or metrics wrapper looks like: it hides
@@ -27,7 +28,7 @@ type wrapped struct{ inbox.Handler }
 func TestHandlerSettingsAtRegistration(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	var running, peak atomic.Int32
 	release := make(chan struct{})
 	var freeRuns atomic.Int32
@@ -52,7 +53,7 @@ func TestHandlerSettingsAtRegistration(t *testing.T) {
 	}), inbox.HandlerConcurrency(2))
 	reg.On("free", inbox.HandlerFunc("free", func(context.Context, []byte) error { freeRuns.Add(1); return nil }))
 	dead := make(chan inbox.DeadRecord, 1)
-	ib := start(t, pool, reg, fast(t, inbox.WithHandlerTimeout(time.Hour), inbox.WithMaxRetryAttempt(10),
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithHandlerTimeout(time.Hour), inbox.WithMaxRetryAttempt(10),
 		inbox.WithBatchSize(50), inbox.WithConcurrency(20),
 		inbox.WithMiddleware(func(ctx context.Context, a inbox.Attempt, next func(context.Context) error) error {
 			if a.EventType == "slow" {
@@ -65,24 +66,24 @@ func TestHandlerSettingsAtRegistration(t *testing.T) {
 
 	slowID := uuid.New()
 	var recs []*inbox.Record
-	recs = append(recs, record(t, slowID, "slow", ""))
+	recs = append(recs, testenv.Record(t, slowID, "slow", ""))
 	for range 30 {
-		recs = append(recs, record(t, uuid.New(), "limited", ""))
+		recs = append(recs, testenv.Record(t, uuid.New(), "limited", ""))
 	}
 	if err := ib.Client().Set(ctx, recs...); err != nil {
 		t.Fatal(err)
 	}
 	// The limited handler's backlog holds up nobody: free events run while
 	// two limited ones block.
-	eventually(t, 10*time.Second, "two limited handlers running", func() (bool, error) { return running.Load() == 2, nil })
+	testenv.Eventually(t, 10*time.Second, "two limited handlers running", func() (bool, error) { return running.Load() == 2, nil })
 	var free []*inbox.Record
 	for range 20 {
-		free = append(free, record(t, uuid.New(), "free", ""))
+		free = append(free, testenv.Record(t, uuid.New(), "free", ""))
 	}
 	if err := ib.Client().Set(ctx, free...); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "free events done", func() (bool, error) { return freeRuns.Load() == 20, nil })
+	testenv.Eventually(t, 10*time.Second, "free events done", func() (bool, error) { return freeRuns.Load() == 20, nil })
 	var held int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM inbox_records WHERE event_type = 'limited' AND status = 'progress'`).Scan(&held); err != nil {
 		t.Fatal(err)
@@ -133,7 +134,7 @@ func (l *timeList) get() []time.Time {
 func TestOutcomes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	errBadJSON := errors.New("payload is not JSON")
 	var snoozes atomic.Int32
 	var snoozedAt, retriedAt atomic.Int64
@@ -152,10 +153,10 @@ func TestOutcomes(t *testing.T) {
 		}),
 	)
 	dead := make(chan inbox.DeadRecord, 2)
-	ib := start(t, pool, reg, fast(t, inbox.WithMaxRetryAttempt(2),
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithMaxRetryAttempt(2),
 		inbox.OnDeadCallback(func(_ context.Context, rec inbox.DeadRecord) { dead <- rec }))...)
 	id := uuid.New()
-	if err := ib.Client().Set(ctx, record(t, id, "e", "{")); err != nil {
+	if err := ib.Client().Set(ctx, testenv.Record(t, id, "e", "{")); err != nil {
 		t.Fatal(err)
 	}
 	var rec inbox.DeadRecord
@@ -203,7 +204,7 @@ func TestOutcomes(t *testing.T) {
 func TestMiddleware(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	if _, err := pool.Exec(ctx, `CREATE TABLE writes (k text)`); err != nil {
 		t.Fatal(err)
 	}
@@ -250,9 +251,9 @@ func TestMiddleware(t *testing.T) {
 		}
 		return next(ctx)
 	}
-	ib := start(t, pool, reg, fast(t, inbox.WithMaxRetryAttempt(1), inbox.WithMiddleware(outer), inbox.WithMiddleware(inner))...)
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithMaxRetryAttempt(1), inbox.WithMiddleware(outer), inbox.WithMiddleware(inner))...)
 	id := uuid.New()
-	if err := ib.Client().Set(ctx, record(t, id, "e", "P")); err != nil {
+	if err := ib.Client().Set(ctx, testenv.Record(t, id, "e", "P")); err != nil {
 		t.Fatal(err)
 	}
 	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Done: 3, inbox.Dead: 1})
@@ -298,7 +299,7 @@ func TestMiddleware(t *testing.T) {
 // each is read when its handler starts, plain or transactional.
 func TestWithheldPayloads(t *testing.T) {
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	t.Cleanup(inbox.SetClaimBudget(1000))
 	var mu sync.Mutex
 	got := map[string]int{}
@@ -307,10 +308,10 @@ func TestWithheldPayloads(t *testing.T) {
 	reg.On("big",
 		inbox.HandlerFunc("plain", func(_ context.Context, p []byte) error { seen(p); return nil }),
 		inbox.TxHandlerFunc("tx", func(_ context.Context, _ pgx.Tx, p []byte) error { seen(p); return nil }))
-	ib := start(t, pool, reg, fast(t)...)
+	ib := start(t, pool, reg, testenv.Fast(t)...)
 	var recs []*inbox.Record
 	for i := range 10 {
-		recs = append(recs, record(t, uuid.New(), "big", strings.Repeat(fmt.Sprint(i), 600)))
+		recs = append(recs, testenv.Record(t, uuid.New(), "big", strings.Repeat(fmt.Sprint(i), 600)))
 	}
 	if err := ib.Client().Set(ctx, recs...); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // tally is what the hooks saw.
@@ -91,7 +92,7 @@ func (t *tally) hooks() inbox.Hooks {
 // changes nothing but the log.
 func TestHooksSeeEveryEvent(t *testing.T) {
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	var flaky sync.Map
 	reg := inbox.NewRegistry()
 	reg.On("order", inbox.HandlerFunc("ok", func(context.Context, []byte) error { return nil }))
@@ -112,8 +113,8 @@ func TestHooksSeeEveryEvent(t *testing.T) {
 	var tl tally
 	var panics atomic.Int64
 	boom := func() { panics.Add(1); panic("hook bug") }
-	logs := &logLines{}
-	ib := start(t, pool, reg, fast(t,
+	logs := &testenv.LogLines{}
+	ib := start(t, pool, reg, testenv.Fast(t,
 		inbox.WithHooks(tl.hooks()),
 		inbox.WithHooks(inbox.Hooks{
 			OnSet:   func(context.Context, inbox.SetEvent) { boom() },
@@ -122,18 +123,18 @@ func TestHooksSeeEveryEvent(t *testing.T) {
 			OnWrite: func(inbox.WriteEvent) { boom() },
 			OnDead:  func(inbox.DeadRecord) { boom() },
 		}),
-		inbox.WithLogger(logs.logger()))...)
+		inbox.WithLogger(logs.Logger()))...)
 
 	const events = 30
 	var recs []*inbox.Record
 	for i := range events {
-		recs = append(recs, record(t, uuid.New(), "order", fmt.Sprint(i)))
+		recs = append(recs, testenv.Record(t, uuid.New(), "order", fmt.Sprint(i)))
 	}
 	if err := ib.Client().Set(ctx, recs...); err != nil {
 		t.Fatalf("Set: %v", err)
 	}
 	// Redeliver the first 10 in a transaction, one of them changed.
-	changed := record(t, recs[0].ID(), "order", "changed")
+	changed := testenv.Record(t, recs[0].ID(), "order", "changed")
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		return ib.Client().SetTx(ctx, tx, append([]*inbox.Record{changed}, recs[1:10]...)...)
 	})
@@ -148,11 +149,11 @@ func TestHooksSeeEveryEvent(t *testing.T) {
 	// The write and dead hooks run once the results committed, the log
 	// line once the panic is recovered: wait for the last of them.
 	runs := 7 * events
-	eventually(t, 10*time.Second, "the hooks of the last results", func() (bool, error) {
+	testenv.Eventually(t, 10*time.Second, "the hooks of the last results", func() (bool, error) {
 		tl.mu.Lock()
 		defer tl.mu.Unlock()
 		return tl.written >= runs && tl.dead["bad"]+tl.dead["snooze"] >= 2*events &&
-			int64(logs.count("hook panicked")) == panics.Load(), nil
+			int64(logs.Count("hook panicked")) == panics.Load(), nil
 	})
 
 	tl.mu.Lock()
@@ -178,7 +179,7 @@ func TestHooksSeeEveryEvent(t *testing.T) {
 		t.Errorf("%d runs had their attempt in the context, %d negative durations, min lag %v", tl.runsWithAttempt, tl.negativeDurations, tl.minLag)
 	}
 	// Every call of the panicking set panicked, and was logged.
-	if n := logs.count("hook panicked"); int64(n) != panics.Load() || n < 2+runs {
+	if n := logs.Count("hook panicked"); int64(n) != panics.Load() || n < 2+runs {
 		t.Errorf("%d hook panics, %d logged", panics.Load(), n)
 	}
 }
@@ -205,7 +206,7 @@ func (ctxTrace) Extract(ctx context.Context, stored string) context.Context {
 // panics, stores none.
 func TestPropagator(t *testing.T) {
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	var mu sync.Mutex
 	seen := map[string]string{} // payload: trace in the handler's context / Attempt.TraceContext
 	reg := inbox.NewRegistry()
@@ -217,34 +218,34 @@ func TestPropagator(t *testing.T) {
 		mu.Unlock()
 		return nil
 	}))
-	producer, err := inbox.New(pool, reg, inbox.WithPropagator(ctxTrace{panicky: true}), inbox.WithLogger(quiet(t)))
+	producer, err := inbox.New(pool, reg, inbox.WithPropagator(ctxTrace{panicky: true}), inbox.WithLogger(testenv.Logger(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	with := func(trace string) context.Context { return context.WithValue(ctx, traceKey{}, trace) }
 	long := strings.Repeat("x", inbox.MaxTraceContextLength+1)
 	for _, c := range []struct{ payload, trace string }{{"a", "00-trace-a-01"}, {"b", ""}, {"c", long}, {"d", "panic"}} {
-		if err := producer.Client().Set(with(c.trace), record(t, uuid.New(), "e", c.payload)); err != nil {
+		if err := producer.Client().Set(with(c.trace), testenv.Record(t, uuid.New(), "e", c.payload)); err != nil {
 			t.Fatalf("Set %s: %v", c.payload, err)
 		}
 	}
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		return producer.Client().SetTx(with("00-trace-tx-01"), tx, record(t, uuid.New(), "e", "tx"))
+		return producer.Client().SetTx(with("00-trace-tx-01"), tx, testenv.Record(t, uuid.New(), "e", "tx"))
 	})
 	if err != nil {
 		t.Fatalf("SetTx: %v", err)
 	}
 	// A record's own trace context wins over the context's, per record.
 	err = producer.Client().Set(with("00-trace-ctx-01"),
-		record(t, uuid.New(), "e", "own").WithTraceContext("00-trace-own-01"), record(t, uuid.New(), "e", "ctx"))
+		testenv.Record(t, uuid.New(), "e", "own").WithTraceContext("00-trace-own-01"), testenv.Record(t, uuid.New(), "e", "ctx"))
 	if err != nil {
 		t.Fatalf("Set with a record's own trace: %v", err)
 	}
-	tooLong := record(t, uuid.New(), "e", "x").WithTraceContext(long)
+	tooLong := testenv.Record(t, uuid.New(), "e", "x").WithTraceContext(long)
 	if err := producer.Client().Set(ctx, tooLong); !errors.Is(err, inbox.ErrInvalidRecord) {
 		t.Fatalf("Set of a record with a trace context too long: %v, want ErrInvalidRecord", err)
 	}
-	consumer := start(t, pool, reg, fast(t, inbox.WithPropagator(ctxTrace{}))...)
+	consumer := start(t, pool, reg, testenv.Fast(t, inbox.WithPropagator(ctxTrace{}))...)
 	waitCounts(t, consumer, 10*time.Second, map[inbox.Status]int{inbox.Done: 7})
 	want := map[string]string{
 		"own": "extracted:00-trace-own-01 / 00-trace-own-01", "ctx": "extracted:00-trace-ctx-01 / 00-trace-ctx-01",

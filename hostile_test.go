@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // The failures of a hostile or careless user (issue "Engine v2", §1). Each
@@ -27,10 +28,10 @@ import (
 func TestOverlappingSetsDoNotDeadlock(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	reg := inbox.NewRegistry()
 	reg.On("e", inbox.HandlerFunc("a", badNoop), inbox.HandlerFunc("b", badNoop))
-	ib, err := inbox.New(pool, reg, inbox.WithLogger(quiet(t)))
+	ib, err := inbox.New(pool, reg, inbox.WithLogger(testenv.Logger(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +39,7 @@ func TestOverlappingSetsDoNotDeadlock(t *testing.T) {
 	for round := range rounds {
 		recs := make([]*inbox.Record, size)
 		for i := range recs {
-			recs[i] = record(t, uuid.New(), "e", fmt.Sprint(round, "/", i))
+			recs[i] = testenv.Record(t, uuid.New(), "e", fmt.Sprint(round, "/", i))
 		}
 		rev := make([]*inbox.Record, size)
 		for i := range recs {
@@ -72,14 +73,14 @@ func TestOverlappingSetsDoNotDeadlock(t *testing.T) {
 func TestCallbacksThatPanic(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	reg := inbox.NewRegistry()
 	reg.On("doomed", inbox.HandlerFunc("h", func(context.Context, []byte) error { return errors.New("no") }))
 	reg.On("fine", inbox.HandlerFunc("h", badNoop))
 	var calls atomic.Int64
 	seen := make(chan uuid.UUID, 100)
 	var errCalls atomic.Int64
-	ib := start(t, pool, reg, fast(t, inbox.WithMaxRetryAttempt(1),
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithMaxRetryAttempt(1),
 		inbox.OnDeadCallback(func(_ context.Context, rec inbox.DeadRecord) {
 			calls.Add(1)
 			seen <- rec.EventID
@@ -95,7 +96,7 @@ func TestCallbacksThatPanic(t *testing.T) {
 	for range n {
 		id := uuid.New()
 		want[id] = true
-		recs = append(recs, record(t, id, "doomed", ""))
+		recs = append(recs, testenv.Record(t, id, "doomed", ""))
 	}
 	if err := ib.Client().Set(ctx, recs...); err != nil {
 		t.Fatal(err)
@@ -115,13 +116,13 @@ func TestCallbacksThatPanic(t *testing.T) {
 	// error callback, and the next event is processed.
 	reg2 := inbox.NewRegistry()
 	reg2.On("other", inbox.HandlerFunc("h", badNoop))
-	start(t, pool, reg2, fast(t, inbox.WithRetention(10*time.Millisecond, 1),
+	start(t, pool, reg2, testenv.Fast(t, inbox.WithRetention(10*time.Millisecond, 1),
 		inbox.OnErrorCallback(func(error) { errCalls.Add(1); panic("error callback panics") }))...)
 	if _, err := pool.Exec(ctx, `DROP TABLE inbox_maintenance`); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "error callbacks", func() (bool, error) { return errCalls.Load() >= 2, nil })
-	if err := ib.Client().Set(ctx, record(t, uuid.New(), "fine", "")); err != nil {
+	testenv.Eventually(t, 10*time.Second, "error callbacks", func() (bool, error) { return errCalls.Load() >= 2, nil })
+	if err := ib.Client().Set(ctx, testenv.Record(t, uuid.New(), "fine", "")); err != nil {
 		t.Fatal(err)
 	}
 	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Done: 1, inbox.Dead: n})
@@ -139,7 +140,7 @@ func TestCallbacksThatPanic(t *testing.T) {
 func TestBlockedDeadCallbackStallsNothing(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	const doomed, healthy = 100_000, 40
 	const lease = 1500 * time.Millisecond
 	var healthyRuns sync.Map // event id → *atomic.Int32
@@ -164,7 +165,7 @@ func TestBlockedDeadCallbackStallsNothing(t *testing.T) {
 	var delivered atomic.Int64
 	var dupes atomic.Int64
 	var got sync.Map
-	ib := start(t, pool, reg, fast(t, inbox.WithLease(lease), inbox.WithBatchSize(1000),
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithLease(lease), inbox.WithBatchSize(1000),
 		inbox.OnDeadCallback(func(_ context.Context, rec inbox.DeadRecord) {
 			once.Do(func() {
 				close(blockedOnce)
@@ -180,7 +181,7 @@ func TestBlockedDeadCallbackStallsNothing(t *testing.T) {
 	for b := 0; b < doomed; b += 10_000 {
 		recs := make([]*inbox.Record, 10_000)
 		for i := range recs {
-			recs[i] = record(t, uuid.New(), "doomed", "")
+			recs[i] = testenv.Record(t, uuid.New(), "doomed", "")
 		}
 		if err := ib.Client().Set(ctx, recs...); err != nil {
 			t.Fatal(err)
@@ -197,7 +198,7 @@ func TestBlockedDeadCallbackStallsNothing(t *testing.T) {
 	for range healthy {
 		id := uuid.New()
 		healthyIDs = append(healthyIDs, id)
-		recs = append(recs, record(t, id, "healthy", ""))
+		recs = append(recs, testenv.Record(t, id, "healthy", ""))
 	}
 	if err := ib.Client().Set(ctx, recs...); err != nil {
 		t.Fatal(err)
@@ -206,7 +207,7 @@ func TestBlockedDeadCallbackStallsNothing(t *testing.T) {
 	var owed int
 	var heap runtime.MemStats
 	var peakHeap uint64
-	eventually(t, 60*time.Second, "all rows finished while the callback blocks", func() (bool, error) {
+	testenv.Eventually(t, 60*time.Second, "all rows finished while the callback blocks", func() (bool, error) {
 		runtime.ReadMemStats(&heap)
 		peakHeap = max(peakHeap, heap.HeapInuse)
 		c, err := ib.Counts(ctx)
@@ -221,7 +222,7 @@ func TestBlockedDeadCallbackStallsNothing(t *testing.T) {
 	// The scenario: the callback stays blocked for 10 s in all.
 	<-time.After(time.Until(blockedAt.Add(10 * time.Second)))
 	close(release)
-	eventually(t, 120*time.Second, "every dead callback delivered", func() (bool, error) {
+	testenv.Eventually(t, 120*time.Second, "every dead callback delivered", func() (bool, error) {
 		return delivered.Load() == doomed, nil
 	})
 	for _, id := range healthyIDs {
@@ -246,7 +247,7 @@ func TestBlockedDeadCallbackStallsNothing(t *testing.T) {
 func TestAttemptLimitBelongsToTheRow(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	var runs sync.Map
 	count := func(ctx context.Context, _ []byte) error {
 		a, _ := inbox.AttemptFromContext(ctx)
@@ -261,10 +262,10 @@ func TestAttemptLimitBelongsToTheRow(t *testing.T) {
 	}
 	dead := make(chan inbox.DeadRecord, 10)
 	onDead := inbox.OnDeadCallback(func(_ context.Context, rec inbox.DeadRecord) { dead <- rec })
-	generous := start(t, pool, regFor(count), fast(t, inbox.WithMaxRetryAttempt(7), onDead)...)
-	start(t, pool, regFor(count), fast(t, inbox.WithMaxRetryAttempt(2), onDead)...)
+	generous := start(t, pool, regFor(count), testenv.Fast(t, inbox.WithMaxRetryAttempt(7), onDead)...)
+	start(t, pool, regFor(count), testenv.Fast(t, inbox.WithMaxRetryAttempt(2), onDead)...)
 	id := uuid.New()
-	if err := generous.Client().Set(ctx, record(t, id, "e", "")); err != nil {
+	if err := generous.Client().Set(ctx, testenv.Record(t, id, "e", "")); err != nil {
 		t.Fatal(err)
 	}
 	var rec inbox.DeadRecord
@@ -297,7 +298,7 @@ func TestAttemptLimitBelongsToTheRow(t *testing.T) {
 func TestHugeErrorTexts(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	const rows = 260
 	big := "START " + strings.Repeat("x", 4_300_000) + " END"
 	huge := errors.New(big)
@@ -305,7 +306,7 @@ func TestHugeErrorTexts(t *testing.T) {
 	reg.On("e", inbox.HandlerFunc("h", func(context.Context, []byte) error { return huge }))
 	var mu sync.Mutex
 	var deadRecs []inbox.DeadRecord
-	ib := start(t, pool, reg, fast(t, inbox.WithMaxRetryAttempt(1), inbox.WithBatchSize(rows), inbox.WithConcurrency(rows),
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithMaxRetryAttempt(1), inbox.WithBatchSize(rows), inbox.WithConcurrency(rows),
 		inbox.OnDeadCallback(func(_ context.Context, rec inbox.DeadRecord) {
 			mu.Lock()
 			deadRecs = append(deadRecs, rec)
@@ -313,7 +314,7 @@ func TestHugeErrorTexts(t *testing.T) {
 		}))...)
 	var recs []*inbox.Record
 	for range rows {
-		recs = append(recs, record(t, uuid.New(), "e", ""))
+		recs = append(recs, testenv.Record(t, uuid.New(), "e", ""))
 	}
 	if err := ib.Client().Set(ctx, recs...); err != nil {
 		t.Fatal(err)
@@ -336,7 +337,7 @@ func TestHugeErrorTexts(t *testing.T) {
 	if !strings.HasPrefix(text, "START xxx") || !strings.HasSuffix(text, "xxx END") || !strings.Contains(text, "bytes left out") {
 		t.Fatalf("last_error %q... does not keep the start and the end", text[:min(len(text), 80)])
 	}
-	eventually(t, 10*time.Second, "dead callbacks", func() (bool, error) {
+	testenv.Eventually(t, 10*time.Second, "dead callbacks", func() (bool, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(deadRecs) == rows, nil
@@ -354,11 +355,11 @@ func TestHugeErrorTexts(t *testing.T) {
 func TestRecordDoesNotAliasThePayload(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	got := make(chan string, 2)
 	reg := inbox.NewRegistry()
 	reg.On("e", inbox.HandlerFunc("h", func(_ context.Context, p []byte) error { got <- string(p); return nil }))
-	ib := start(t, pool, reg, fast(t)...)
+	ib := start(t, pool, reg, testenv.Fast(t)...)
 	buf := []byte("original")
 	rec, err := inbox.NewRecord(uuid.New(), "e", buf)
 	if err != nil {
@@ -388,7 +389,7 @@ func TestRecordDoesNotAliasThePayload(t *testing.T) {
 func TestMigrateDetectsDroppedTable(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	if _, err := pool.Exec(ctx, `DROP TABLE inbox_records`); err != nil {
 		t.Fatal(err)
 	}
@@ -399,7 +400,7 @@ func TestMigrateDetectsDroppedTable(t *testing.T) {
 	reg := inbox.NewRegistry()
 	reg.On("e", inbox.HandlerFunc("h", badNoop))
 	for _, opts := range [][]inbox.Option{nil, {inbox.WithoutMigrations()}} {
-		ib, err := inbox.New(pool, reg, append(opts, inbox.WithLogger(quiet(t)))...)
+		ib, err := inbox.New(pool, reg, append(opts, inbox.WithLogger(testenv.Logger(t)))...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -416,12 +417,12 @@ func TestMigrateDetectsDroppedTable(t *testing.T) {
 func TestStopFromInsideAHandler(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	other := start(t, pool, func() *inbox.Registry {
 		r := inbox.NewRegistry()
 		r.On("unused", inbox.HandlerFunc("h", badNoop))
 		return r
-	}(), fast(t)...)
+	}(), testenv.Fast(t)...)
 	var ib *inbox.Inbox
 	results := make(chan error, 10)
 	reg := inbox.NewRegistry()
@@ -435,10 +436,10 @@ func TestStopFromInsideAHandler(t *testing.T) {
 		results <- other.Stop(sctx)
 		return nil
 	}), inbox.HandlerFunc("dies", func(context.Context, []byte) error { return inbox.Discard(nil) }))
-	ib = start(t, pool, reg, fast(t, inbox.OnDeadCallback(func(ctx context.Context, _ inbox.DeadRecord) {
+	ib = start(t, pool, reg, testenv.Fast(t, inbox.OnDeadCallback(func(ctx context.Context, _ inbox.DeadRecord) {
 		results <- ib.Stop(ctx)
 	}))...)
-	if err := ib.Client().Set(ctx, record(t, uuid.New(), "stop", "")); err != nil {
+	if err := ib.Client().Set(ctx, testenv.Record(t, uuid.New(), "stop", "")); err != nil {
 		t.Fatal(err)
 	}
 	var inHandler, stoppedOther int
@@ -461,7 +462,7 @@ func TestStopFromInsideAHandler(t *testing.T) {
 		t.Fatalf("%d Stops refused and %d others stopped, want 3 and 1", inHandler, stoppedOther)
 	}
 	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Done: 2, inbox.Dead: 1})
-	if err := ib.Client().Set(ctx, record(t, uuid.New(), "stop", "")); err != nil {
+	if err := ib.Client().Set(ctx, testenv.Record(t, uuid.New(), "stop", "")); err != nil {
 		t.Fatal(err) // still running
 	}
 	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Done: 4, inbox.Dead: 2})
@@ -473,7 +474,7 @@ func TestStopFromInsideAHandler(t *testing.T) {
 func TestTxHandlerMustNotEndItsTransaction(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	if _, err := pool.Exec(ctx, `CREATE TABLE writes (k text)`); err != nil {
 		t.Fatal(err)
 	}
@@ -501,9 +502,9 @@ func TestTxHandlerMustNotEndItsTransaction(t *testing.T) {
 			return nil
 		}),
 	)
-	ib := start(t, pool, reg, fast(t, inbox.WithMaxRetryAttempt(1))...)
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithMaxRetryAttempt(1))...)
 	id := uuid.New()
-	if err := ib.Client().Set(ctx, record(t, id, "e", "")); err != nil {
+	if err := ib.Client().Set(ctx, testenv.Record(t, id, "e", "")); err != nil {
 		t.Fatal(err)
 	}
 	for range 2 {
@@ -543,11 +544,11 @@ func TestTxHandlerMustNotEndItsTransaction(t *testing.T) {
 func TestPollOnly(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	r := newRuns()
 	reg := inbox.NewRegistry()
 	reg.On("e", r.handler("h"))
-	ib := start(t, pool, reg, fast(t, inbox.WithoutNotify(), inbox.WithIterationRate(50*time.Millisecond))...)
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithoutNotify(), inbox.WithIterationRate(50*time.Millisecond))...)
 	var schema string
 	if err := pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
 		t.Fatal(err)
@@ -562,7 +563,7 @@ func TestPollOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 5 {
-		if err := ib.Client().Set(ctx, record(t, uuid.New(), "e", fmt.Sprint(i))); err != nil {
+		if err := ib.Client().Set(ctx, testenv.Record(t, uuid.New(), "e", fmt.Sprint(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -594,7 +595,7 @@ func TestPollOnly(t *testing.T) {
 func TestUnrenewableLeaseCancelsHandler(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	const lease = 900 * time.Millisecond
 	started := make(chan int, 2)
 	cause := make(chan error, 1)
@@ -609,10 +610,10 @@ func TestUnrenewableLeaseCancelsHandler(t *testing.T) {
 		cause <- context.Cause(ctx)
 		return ctx.Err()
 	}))
-	ib := start(t, pool, reg, fast(t, inbox.WithLease(lease), inbox.WithHandlerTimeout(time.Hour),
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithLease(lease), inbox.WithHandlerTimeout(time.Hour),
 		inbox.WithIterationRate(time.Hour))...)
 	id := uuid.New()
-	if err := ib.Client().Set(ctx, record(t, id, "e", "")); err != nil {
+	if err := ib.Client().Set(ctx, testenv.Record(t, id, "e", "")); err != nil {
 		t.Fatal(err)
 	}
 	if n := <-started; n != 1 {
@@ -663,8 +664,8 @@ func TestUnrenewableLeaseCancelsHandler(t *testing.T) {
 func TestLongTxHandlersLeaveConnectionsForRenewals(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	schema := newSchema(t)
-	pool := schemaPool(t, schema, 5) // two TxHandler transactions at once
+	schema := testenv.Schema(t)
+	pool := testenv.SchemaPool(t, schema, 5) // two TxHandler transactions at once
 	if err := inbox.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
@@ -685,7 +686,7 @@ func TestLongTxHandlersLeaveConnectionsForRenewals(t *testing.T) {
 		}
 	}))
 	var leaseErrs atomic.Int32
-	ib := start(t, pool, reg, fast(t, inbox.WithLease(lease), inbox.WithConcurrency(events),
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithLease(lease), inbox.WithConcurrency(events),
 		inbox.OnErrorCallback(func(err error) {
 			if errors.Is(err, inbox.ErrLeaseLost) {
 				leaseErrs.Add(1)
@@ -693,7 +694,7 @@ func TestLongTxHandlersLeaveConnectionsForRenewals(t *testing.T) {
 		}))...)
 	var recs []*inbox.Record
 	for range events {
-		recs = append(recs, record(t, uuid.New(), "e", ""))
+		recs = append(recs, testenv.Record(t, uuid.New(), "e", ""))
 	}
 	if err := ib.Client().Set(ctx, recs...); err != nil {
 		t.Fatal(err)
@@ -701,13 +702,13 @@ func TestLongTxHandlersLeaveConnectionsForRenewals(t *testing.T) {
 	// Hold the transactions until the leases have been renewed twice over
 	// (the database's due times moved past two leases from the claim).
 	var first time.Time
-	eventually(t, 10*time.Second, "TxHandlers in their transactions", func() (bool, error) {
+	testenv.Eventually(t, 10*time.Second, "TxHandlers in their transactions", func() (bool, error) {
 		return inTx.Load() >= 2, nil
 	})
 	if err := pool.QueryRow(ctx, `SELECT min(due_at) FROM inbox_records WHERE status = 'progress'`).Scan(&first); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*lease, "leases renewed while TxHandlers hold their transactions", func() (bool, error) {
+	testenv.Eventually(t, 10*lease, "leases renewed while TxHandlers hold their transactions", func() (bool, error) {
 		var due time.Time
 		err := pool.QueryRow(ctx, `SELECT min(due_at) FROM inbox_records WHERE status = 'progress'`).Scan(&due)
 		return due.After(first.Add(2 * lease)), err

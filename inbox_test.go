@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // Each (event, handler) pair runs exactly once, however the same events
@@ -20,18 +21,18 @@ import (
 func TestDedup(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	r := newRuns()
 	reg := inbox.NewRegistry()
 	reg.On("order", r.handler("reserve"), r.handler("notify"))
-	ib := start(t, pool, reg, fast(t)...)
+	ib := start(t, pool, reg, testenv.Fast(t)...)
 	c := ib.Client()
 
 	ids := make([]uuid.UUID, 200)
 	for i := range ids {
 		ids[i] = uuid.New()
 	}
-	rec := func(i int) *inbox.Record { return record(t, ids[i], "order", fmt.Sprint(i)) }
+	rec := func(i int) *inbox.Record { return testenv.Record(t, ids[i], "order", fmt.Sprint(i)) }
 
 	// Same id twice, in separate calls.
 	for range 2 {
@@ -90,7 +91,7 @@ func TestDedup(t *testing.T) {
 func TestFanOutAndRetriesToDead(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	var mu sync.Mutex
 	flakyRuns := 0
 	dead := make(chan inbox.DeadRecord, 10)
@@ -110,11 +111,11 @@ func TestFanOutAndRetriesToDead(t *testing.T) {
 			return fmt.Errorf("broken: %w", errSentinel)
 		}),
 	)
-	ib := start(t, pool, reg, fast(t,
+	ib := start(t, pool, reg, testenv.Fast(t,
 		inbox.WithMaxRetryAttempt(4),
 		inbox.OnDeadCallback(func(_ context.Context, rec inbox.DeadRecord) { dead <- rec }))...)
 	id := uuid.New()
-	if err := ib.Client().Set(ctx, record(t, id, "payment", "{}")); err != nil {
+	if err := ib.Client().Set(ctx, testenv.Record(t, id, "payment", "{}")); err != nil {
 		t.Fatal(err)
 	}
 
@@ -184,7 +185,7 @@ func (h slowHandler) Process(ctx context.Context, _ []byte) error {
 func TestTimeoutAndPanic(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
 	dead := make(chan inbox.DeadRecord, 10)
@@ -194,7 +195,7 @@ func TestTimeoutAndPanic(t *testing.T) {
 		slowHandler{key: "deaf", timeout: 50 * time.Millisecond, ignore: true, release: release},
 		inbox.HandlerFunc("panics", func(context.Context, []byte) error { panic("kaboom") }),
 	)
-	ib, err := inbox.New(pool, reg, fast(t,
+	ib, err := inbox.New(pool, reg, testenv.Fast(t,
 		inbox.WithMaxRetryAttempt(1),
 		inbox.WithHandlerTimeout(time.Hour), // overridden by the handlers' Timeout
 		inbox.OnDeadCallback(func(_ context.Context, rec inbox.DeadRecord) { dead <- rec }))...)
@@ -205,7 +206,7 @@ func TestTimeoutAndPanic(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := uuid.New()
-	if err := ib.Client().Set(ctx, record(t, id, "job", "")); err != nil {
+	if err := ib.Client().Set(ctx, testenv.Record(t, id, "job", "")); err != nil {
 		t.Fatal(err)
 	}
 	got := map[string]inbox.DeadRecord{}
@@ -249,18 +250,18 @@ func TestTimeoutAndPanic(t *testing.T) {
 func TestSetTx(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	r := newRuns()
 	reg := inbox.NewRegistry()
 	reg.On("user", r.handler("welcome"))
-	ib := start(t, pool, reg, fast(t, inbox.WithIterationRate(time.Hour))...)
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithIterationRate(time.Hour))...)
 
 	rolledBack := uuid.New()
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ib.Client().SetTx(ctx, tx, record(t, rolledBack, "user", "rolled back")); err != nil {
+	if err := ib.Client().SetTx(ctx, tx, testenv.Record(t, rolledBack, "user", "rolled back")); err != nil {
 		t.Fatal(err)
 	}
 	if err := tx.Rollback(ctx); err != nil {
@@ -268,7 +269,7 @@ func TestSetTx(t *testing.T) {
 	}
 	committed := uuid.New()
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		return ib.Client().SetTx(ctx, tx, record(t, committed, "user", "committed"))
+		return ib.Client().SetTx(ctx, tx, testenv.Record(t, committed, "user", "committed"))
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -291,7 +292,7 @@ func TestSetTx(t *testing.T) {
 func TestTxHandler(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	if _, err := pool.Exec(ctx, `CREATE TABLE ledger (event text PRIMARY KEY, n int NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}
@@ -310,10 +311,10 @@ func TestTxHandler(t *testing.T) {
 		}
 		return nil
 	}))
-	ib := start(t, pool, reg, fast(t)...)
+	ib := start(t, pool, reg, testenv.Fast(t)...)
 	var recs []*inbox.Record
 	for i := range 20 {
-		recs = append(recs, record(t, uuid.New(), "credit", fmt.Sprint("e", i)))
+		recs = append(recs, testenv.Record(t, uuid.New(), "credit", fmt.Sprint("e", i)))
 	}
 	if err := ib.Client().Set(ctx, recs...); err != nil {
 		t.Fatal(err)
@@ -338,7 +339,7 @@ func TestTxHandler(t *testing.T) {
 func TestRetention(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	reg := inbox.NewRegistry()
 	reg.On("gone", inbox.HandlerFunc("h", func(context.Context, []byte) error { return nil }))
 	// Rows of every status, old and new, for a handler key this inbox does
@@ -354,7 +355,7 @@ func TestRetention(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ib := start(t, pool, reg, fast(t, inbox.WithRetention(20*time.Millisecond, 1))...)
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithRetention(20*time.Millisecond, 1))...)
 	waitCounts(t, ib, 20*time.Second, map[inbox.Status]int{inbox.Done: 7, inbox.Dead: 7})
 	rows, err := pool.Query(ctx, `SELECT status, (now() - updated_at) > interval '1 day', count(*) FROM inbox_records GROUP BY 1, 2 ORDER BY 1, 2`)
 	if err != nil {
@@ -381,7 +382,7 @@ func TestRetention(t *testing.T) {
 func TestStopHandsBackUnstarted(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	started := make(chan struct{}, 1)
 	release := make(chan struct{})
 	reg := inbox.NewRegistry()
@@ -390,13 +391,13 @@ func TestStopHandsBackUnstarted(t *testing.T) {
 		<-release
 		return nil
 	}))
-	ib, err := inbox.New(pool, reg, fast(t, inbox.WithConcurrency(1), inbox.WithBatchSize(10))...)
+	ib, err := inbox.New(pool, reg, testenv.Fast(t, inbox.WithConcurrency(1), inbox.WithBatchSize(10))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var recs []*inbox.Record
 	for range 10 {
-		recs = append(recs, record(t, uuid.New(), "task", ""))
+		recs = append(recs, testenv.Record(t, uuid.New(), "task", ""))
 	}
 	if err := ib.Client().Set(ctx, recs...); err != nil {
 		t.Fatal(err)
@@ -451,7 +452,7 @@ func TestStopHandsBackUnstarted(t *testing.T) {
 func TestRemovedHandlerWaits(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	r := newRuns()
 	both := inbox.NewRegistry()
 	both.On("a", r.handler("kept"), r.handler("removed"))
@@ -460,19 +461,19 @@ func TestRemovedHandlerWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := uuid.New()
-	if err := writer.Client().Set(ctx, record(t, id, "a", "x")); err != nil {
+	if err := writer.Client().Set(ctx, testenv.Record(t, id, "a", "x")); err != nil {
 		t.Fatal(err)
 	}
 	one := inbox.NewRegistry()
 	one.On("a", r.handler("kept"))
-	ib := start(t, pool, one, fast(t)...)
+	ib := start(t, pool, one, testenv.Fast(t)...)
 	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Done: 1, inbox.Null: 1})
 	ws, err := ib.Workers(ctx)
 	if err != nil || len(ws) != 1 || ws[0].ID != ib.ID() || len(ws[0].EventTypes) != 1 {
 		t.Fatalf("Workers = %+v, %v; want this inbox only", ws, err)
 	}
 	// A later event proves the worker claimed again; the orphan row stays untouched.
-	if err := writer.Client().Set(ctx, record(t, uuid.New(), "a", "y")); err != nil {
+	if err := writer.Client().Set(ctx, testenv.Record(t, uuid.New(), "a", "y")); err != nil {
 		t.Fatal(err)
 	}
 	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Done: 2, inbox.Null: 2})
@@ -486,7 +487,7 @@ func TestRemovedHandlerWaits(t *testing.T) {
 	if age, err := ib.OldestDue(ctx); err != nil || age <= 0 {
 		t.Fatalf("OldestDue = %v, %v; want the waiting row's age", age, err)
 	}
-	start(t, pool, both, fast(t)...)
+	start(t, pool, both, testenv.Fast(t)...)
 	waitCounts(t, ib, 10*time.Second, map[inbox.Status]int{inbox.Done: 4})
 	if got := r.snapshot(); got["kept/x"] != 1 || got["removed/x"] != 1 || got["kept/y"] != 1 || got["removed/y"] != 1 {
 		t.Fatalf("runs = %v, want each handler once", got)
@@ -500,19 +501,19 @@ func TestRemovedHandlerWaits(t *testing.T) {
 func TestManyInstances(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	r := newRuns()
 	var ibs []*inbox.Inbox
 	for range 3 {
 		reg := inbox.NewRegistry()
 		reg.On("e", r.handler("h"))
-		ibs = append(ibs, start(t, pool, reg, fast(t, inbox.WithBatchSize(50), inbox.WithConcurrency(8))...))
+		ibs = append(ibs, start(t, pool, reg, testenv.Fast(t, inbox.WithBatchSize(50), inbox.WithConcurrency(8))...))
 	}
 	const n = 5000
 	for b := 0; b < n; b += 500 {
 		var recs []*inbox.Record
 		for i := b; i < b+500; i++ {
-			recs = append(recs, record(t, uuid.New(), "e", fmt.Sprint(i)))
+			recs = append(recs, testenv.Record(t, uuid.New(), "e", fmt.Sprint(i)))
 		}
 		if err := ibs[b/500%3].Client().Set(ctx, recs...); err != nil {
 			t.Fatal(err)
@@ -545,7 +546,7 @@ func TestManyInstances(t *testing.T) {
 func TestMigrate(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := schemaPool(t, newSchema(t), 10)
+	pool := testenv.SchemaPool(t, testenv.Schema(t), 10)
 	reg := inbox.NewRegistry()
 	reg.On("e", inbox.HandlerFunc("h", func(context.Context, []byte) error { return nil }))
 	ib, err := inbox.New(pool, reg, inbox.WithoutMigrations())

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // injectionNames would break out of a quoted string, identifier or format
@@ -79,9 +81,12 @@ func injectionPayloads(t *testing.T) [][]byte {
 var inboxTables = []string{"inbox_count_deltas", "inbox_counts", "inbox_history", "inbox_maintenance", "inbox_pauses",
 	"inbox_records", "inbox_schema_lock", "inbox_schema_version", "inbox_throughput", "inbox_workers"}
 
+// injectionSeq numbers the hostile schemas of TestInjection.
+var injectionSeq atomic.Int64
+
 func TestInjection(t *testing.T) {
 	t.Parallel()
-	seq := schemaSeq.Add(1)
+	seq := injectionSeq.Add(1)
 	short := fmt.Sprintf(`x"; DROP TABLE inbox_records; -- %d`, seq)
 	// A name longer than 49 bytes takes the hashed notification channel;
 	// 63 bytes is the longest identifier PostgreSQL keeps.
@@ -108,8 +113,8 @@ type injectionCanary struct {
 
 func newInjectionCanary(t *testing.T) *injectionCanary {
 	ctx := context.Background()
-	c := &injectionCanary{schema: newSchema(t), id: uuid.New()}
-	c.pool = schemaPool(t, c.schema, 2)
+	c := &injectionCanary{schema: testenv.Schema(t), id: uuid.New()}
+	c.pool = testenv.SchemaPool(t, c.schema, 2)
 	if err := inbox.Migrate(ctx, c.pool); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +131,7 @@ func newInjectionCanary(t *testing.T) *injectionCanary {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ib.Client().Set(ctx, record(t, c.id, injectionNames[0], "canary")); err != nil {
+	if err := ib.Client().Set(ctx, testenv.Record(t, c.id, injectionNames[0], "canary")); err != nil {
 		t.Fatal(err)
 	}
 	return c
@@ -206,7 +211,7 @@ func injectionRun(t *testing.T, schema string) {
 	if _, err := canary.pool.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
 		t.Fatalf("create schema %q: %v", schema, err)
 	}
-	cfg, err := pgxpool.ParseConfig(testDatabaseURL)
+	cfg, err := pgxpool.ParseConfig(testenv.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +238,7 @@ func injectionRun(t *testing.T, schema string) {
 		reg.On(et, recv.handler(et, k1), recv.handler(et, k2))
 	}
 	// Polling once an hour: only a notification can wake the worker.
-	ib := start(t, pool, reg, fast(t, inbox.WithIterationRate(time.Hour))...)
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithIterationRate(time.Hour))...)
 
 	type event struct {
 		id        uuid.UUID
@@ -283,7 +288,7 @@ func injectionRun(t *testing.T, schema string) {
 		}
 		done += 2 * len(round)
 		var last map[inbox.Status]int
-		if err := poll(10*time.Second, func() (bool, error) {
+		if err := testenv.Poll(10*time.Second, func() (bool, error) {
 			c, err := ib.Counts(ctx)
 			last = c
 			return err == nil && c[inbox.Done] == done, err
@@ -299,7 +304,7 @@ func injectionRun(t *testing.T, schema string) {
 	}
 	// An unknown hostile event type is refused, quoted in the message.
 	unknown := `'); TRUNCATE inbox_records; --`
-	err = ib.Client().Set(ctx, record(t, uuid.New(), unknown, ""))
+	err = ib.Client().Set(ctx, testenv.Record(t, uuid.New(), unknown, ""))
 	if !errors.Is(err, inbox.ErrUnknownEventType) || !strings.Contains(err.Error(), fmt.Sprintf("%q", unknown)) {
 		t.Errorf("Set of unknown event type %q = %v, want ErrUnknownEventType quoting it", unknown, err)
 	}

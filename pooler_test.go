@@ -16,6 +16,7 @@ import (
 
 	"github.com/pginbox/inbox"
 	"github.com/pginbox/inbox/internal/pgbouncer"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // The inbox behind a real PgBouncer 1.18 in transaction mode, in every pgx
@@ -32,7 +33,7 @@ import (
 func TestBehindPgBouncer(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	bouncer, err := pgbouncer.Start(ctx, testDatabaseURL)
+	bouncer, err := pgbouncer.Start(ctx, testenv.URL())
 	if err != nil {
 		t.Fatalf("PgBouncer: %v", err)
 	}
@@ -124,14 +125,14 @@ func pooledScenario(t *testing.T, bouncer *pgbouncer.Bouncer, mode pgx.QueryExec
 	// workers, their TxHandlers and four clients, under the race detector
 	// on a loaded machine, can hold a renewal up longer than a one-second
 	// lease allows, and a handler given up runs again.
-	opts := fast(t, inbox.WithTransactionPooler(), inbox.WithMaxRetryAttempt(10), inbox.WithLease(inbox.DefaultLease),
+	opts := testenv.Fast(t, inbox.WithTransactionPooler(), inbox.WithMaxRetryAttempt(10), inbox.WithLease(inbox.DefaultLease),
 		inbox.OnErrorCallback(func(err error) {
 			if errors.Is(err, inbox.ErrNotifyUnavailable) {
 				probeErrs.Add(1)
 			}
 		}))
 	if direct {
-		lc, err := pgx.ParseConfig(testDatabaseURL)
+		lc, err := pgx.ParseConfig(testenv.URL())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -158,7 +159,7 @@ func pooledScenario(t *testing.T, bouncer *pgbouncer.Bouncer, mode pgx.QueryExec
 				for range 10 {
 					id := uuid.New()
 					ids[c] = append(ids[c], id)
-					recs = append(recs, record(t, id, "order", ""))
+					recs = append(recs, testenv.Record(t, id, "order", ""))
 				}
 				recs = append(recs, recs[0]) // a duplicate
 				var res inbox.SetResult
@@ -236,7 +237,7 @@ func pooledScenario(t *testing.T, bouncer *pgbouncer.Bouncer, mode pgx.QueryExec
 	if err := admin.ReplayRow(ctx, ids[0][0], "flaky", inbox.ActionOptions{Actor: "test"}); err != nil {
 		t.Fatalf("ReplayRow through PgBouncer: %v", err)
 	}
-	eventually(t, 30*time.Second, "the replayed row to run again", func() (bool, error) {
+	testenv.Eventually(t, 30*time.Second, "the replayed row to run again", func() (bool, error) {
 		states, err := a.Lookup(ctx, ids[0][0])
 		for _, s := range states {
 			if s.HandlerKey == "flaky" {
@@ -246,7 +247,7 @@ func pooledScenario(t *testing.T, bouncer *pgbouncer.Bouncer, mode pgx.QueryExec
 		return false, err
 	})
 	if !direct {
-		eventually(t, 10*time.Second, "both Inboxes to find that LISTEN does not work through PgBouncer",
+		testenv.Eventually(t, 10*time.Second, "both Inboxes to find that LISTEN does not work through PgBouncer",
 			func() (bool, error) { return probeErrs.Load() == 2, nil })
 	}
 	for _, ib := range []*inbox.Inbox{a, b} {
@@ -277,7 +278,7 @@ func newDatabase(t *testing.T) string {
 	t.Helper()
 	ctx := context.Background()
 	name := fmt.Sprintf("inbox_t%d_%s", databaseSeq.Add(1), strings.ReplaceAll(uuid.NewString()[:8], "-", ""))
-	conn, err := pgx.Connect(ctx, testDatabaseURL)
+	conn, err := pgx.Connect(ctx, testenv.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +287,7 @@ func newDatabase(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		conn, err := pgx.Connect(ctx, testDatabaseURL)
+		conn, err := pgx.Connect(ctx, testenv.URL())
 		if err != nil {
 			t.Errorf("drop database %s: %v", name, err)
 			return

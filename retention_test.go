@@ -8,6 +8,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // The payload window erases the payloads of done rows older than it and
@@ -17,17 +18,17 @@ import (
 func TestPayloadWindow(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	r := newRuns()
 	reg := inbox.NewRegistry()
 	reg.On("e", r.handler("h"))
-	writer, err := inbox.New(pool, reg, inbox.WithLogger(quiet(t)))
+	writer, err := inbox.New(pool, reg, inbox.WithLogger(testenv.Logger(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ids := map[string]uuid.UUID{"old done": uuid.New(), "new done": uuid.New(), "old dead": uuid.New(), "ancient": uuid.New()}
 	for name, id := range ids {
-		if err := writer.Client().Set(ctx, record(t, id, "e", name)); err != nil {
+		if err := writer.Client().Set(ctx, testenv.Record(t, id, "e", name)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -39,8 +40,8 @@ func TestPayloadWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ib := start(t, pool, reg, fast(t, inbox.WithRetention(20*time.Millisecond, 60), inbox.WithPayloadRetention(7))...)
-	eventually(t, 10*time.Second, "retention", func() (bool, error) {
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithRetention(20*time.Millisecond, 60), inbox.WithPayloadRetention(7))...)
+	testenv.Eventually(t, 10*time.Second, "retention", func() (bool, error) {
 		states, err := ib.Lookup(ctx, ids["old done"])
 		return err == nil && len(states) == 1 && states[0].PayloadErased, err
 	})
@@ -56,15 +57,15 @@ func TestPayloadWindow(t *testing.T) {
 			t.Errorf("%s: %+v, want exists=%v erased=%v", name, states, w.exists, w.erased)
 		}
 	}
-	res, err := ib.Client().SetWithResult(ctx, record(t, ids["old done"], "e", "old done"))
+	res, err := ib.Client().SetWithResult(ctx, testenv.Record(t, ids["old done"], "e", "old done"))
 	if err != nil || res.Duplicates != 1 || res.Rows != 0 {
 		t.Fatalf("redelivery after the payload window: %+v, %v; want a duplicate", res, err)
 	}
-	res, err = ib.Client().SetWithResult(ctx, record(t, ids["old done"], "e", "changed"))
+	res, err = ib.Client().SetWithResult(ctx, testenv.Record(t, ids["old done"], "e", "changed"))
 	if err != nil || res.Conflicting != 1 {
 		t.Fatalf("changed redelivery after the payload window: %+v, %v; want a conflict", res, err)
 	}
-	res, err = ib.Client().SetWithResult(ctx, record(t, ids["ancient"], "e", "ancient"))
+	res, err = ib.Client().SetWithResult(ctx, testenv.Record(t, ids["ancient"], "e", "ancient"))
 	if err != nil || res.New != 1 {
 		t.Fatalf("redelivery after the dedup window: %+v, %v; want it stored anew", res, err)
 	}

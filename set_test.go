@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // SetWithResult says what it did with each record: new, duplicate (in an
@@ -20,23 +21,23 @@ import (
 func TestSetResultAndConflicts(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	reg := inbox.NewRegistry()
 	reg.On("order", inbox.HandlerFunc("a", badNoop), inbox.HandlerFunc("b", badNoop))
 	reg.On("refund", inbox.HandlerFunc("a", badNoop))
-	logs := &logLines{}
-	ib, err := inbox.New(pool, reg, inbox.WithUnknownEventTypes(inbox.SkipUnknown), inbox.WithLogger(logs.logger()))
+	logs := &testenv.LogLines{}
+	ib, err := inbox.New(pool, reg, inbox.WithUnknownEventTypes(inbox.SkipUnknown), inbox.WithLogger(logs.Logger()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := ib.Client()
 	first, second, third := uuid.New(), uuid.New(), uuid.New()
 	res, err := c.SetWithResult(ctx,
-		record(t, first, "order", "v1"),
-		record(t, second, "order", "v1"),
-		record(t, first, "order", "v1"),  // a duplicate within the call
-		record(t, second, "order", "v2"), // a conflict within the call
-		record(t, uuid.New(), "unknown", ""),
+		testenv.Record(t, first, "order", "v1"),
+		testenv.Record(t, second, "order", "v1"),
+		testenv.Record(t, first, "order", "v1"),  // a duplicate within the call
+		testenv.Record(t, second, "order", "v2"), // a conflict within the call
+		testenv.Record(t, uuid.New(), "unknown", ""),
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -47,10 +48,10 @@ func TestSetResultAndConflicts(t *testing.T) {
 		t.Fatalf("first call: %+v, want %+v", res, want)
 	}
 	res, err = c.SetWithResult(ctx,
-		record(t, first, "order", "v1"),   // duplicate of a stored event
-		record(t, second, "order", "v9"),  // conflicts with the stored payload
-		record(t, first, "refund", "v1"),  // same id, another type: another handler row
-		record(t, third, "refund", "new"), // new
+		testenv.Record(t, first, "order", "v1"),   // duplicate of a stored event
+		testenv.Record(t, second, "order", "v9"),  // conflicts with the stored payload
+		testenv.Record(t, first, "refund", "v1"),  // same id, another type: another handler row
+		testenv.Record(t, third, "refund", "new"), // new
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -66,7 +67,7 @@ func TestSetResultAndConflicts(t *testing.T) {
 		Scan(&payload); err != nil || payload != "v1" {
 		t.Fatalf("stored payload %q, %v; want the first version kept", payload, err)
 	}
-	if n := logs.count("conflicting duplicate", second.String()); n != 2 {
+	if n := logs.Count("conflicting duplicate", second.String()); n != 2 {
 		t.Fatalf("%d warnings name %s, want one per call:\n%s", n, second, logs)
 	}
 }
@@ -77,20 +78,20 @@ func TestSetResultAndConflicts(t *testing.T) {
 func TestRejectConflicting(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	reg := inbox.NewRegistry()
 	reg.On("order", inbox.HandlerFunc("a", badNoop))
-	ib, err := inbox.New(pool, reg, inbox.WithConflictingDuplicates(inbox.RejectConflicting), inbox.WithLogger(quiet(t)))
+	ib, err := inbox.New(pool, reg, inbox.WithConflictingDuplicates(inbox.RejectConflicting), inbox.WithLogger(testenv.Logger(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := ib.Client()
 	stored := uuid.New()
-	if err := c.Set(ctx, record(t, stored, "order", "v1")); err != nil {
+	if err := c.Set(ctx, testenv.Record(t, stored, "order", "v1")); err != nil {
 		t.Fatal(err)
 	}
 	fresh := uuid.New()
-	err = c.Set(ctx, record(t, fresh, "order", "new"), record(t, stored, "order", "v2"))
+	err = c.Set(ctx, testenv.Record(t, fresh, "order", "new"), testenv.Record(t, stored, "order", "v2"))
 	var ce *inbox.ConflictError
 	if !errors.As(err, &ce) || !errors.Is(err, inbox.ErrConflictingDuplicate) || len(ce.IDs) != 1 || ce.IDs[0] != stored ||
 		!strings.Contains(err.Error(), stored.String()) {
@@ -98,7 +99,7 @@ func TestRejectConflicting(t *testing.T) {
 	}
 	// Within one call, before anything is sent.
 	dup := uuid.New()
-	err = c.Set(ctx, record(t, dup, "order", "x"), record(t, dup, "order", "y"))
+	err = c.Set(ctx, testenv.Record(t, dup, "order", "x"), testenv.Record(t, dup, "order", "y"))
 	if !errors.As(err, &ce) || ce.IDs[0] != dup {
 		t.Fatalf("Set with a conflict inside the call = %v, want a ConflictError naming %s", err, dup)
 	}
@@ -110,7 +111,7 @@ func TestRejectConflicting(t *testing.T) {
 		if _, err := tx.Exec(ctx, `INSERT INTO mine VALUES (1)`); err != nil {
 			return err
 		}
-		err := c.SetTx(ctx, tx, record(t, uuid.New(), "order", "new"), record(t, stored, "order", "v3"))
+		err := c.SetTx(ctx, tx, testenv.Record(t, uuid.New(), "order", "new"), testenv.Record(t, stored, "order", "v3"))
 		if !errors.Is(err, inbox.ErrConflictingDuplicate) {
 			return errors.New("SetTx did not reject the conflict: " + err.Error())
 		}
@@ -128,7 +129,7 @@ func TestRejectConflicting(t *testing.T) {
 		t.Fatalf("%d inbox rows and %d of the caller's rows, want 1 and 2: refused calls write nothing", rows, mine)
 	}
 	// Duplicates with the same payload are still fine.
-	if res, err := c.SetWithResult(ctx, record(t, stored, "order", "v1")); err != nil || res.Duplicates != 1 {
+	if res, err := c.SetWithResult(ctx, testenv.Record(t, stored, "order", "v1")); err != nil || res.Duplicates != 1 {
 		t.Fatalf("SetWithResult of a plain duplicate = %+v, %v", res, err)
 	}
 }
@@ -138,10 +139,10 @@ func TestRejectConflicting(t *testing.T) {
 func TestConcurrentConflictingSets(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	reg := inbox.NewRegistry()
 	reg.On("order", inbox.HandlerFunc("a", badNoop))
-	ib, err := inbox.New(pool, reg, inbox.WithLogger(quiet(t)))
+	ib, err := inbox.New(pool, reg, inbox.WithLogger(testenv.Logger(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +160,7 @@ func TestConcurrentConflictingSets(t *testing.T) {
 			defer wg.Done()
 			var recs []*inbox.Record
 			for _, id := range ids {
-				recs = append(recs, record(t, id, "order", string(rune('a'+w))))
+				recs = append(recs, testenv.Record(t, id, "order", string(rune('a'+w))))
 			}
 			results[w], errs[w] = ib.Client().SetWithResult(ctx, recs...)
 		}()
@@ -197,17 +198,17 @@ func equalResult(a, b inbox.SetResult) bool {
 func TestLargeSetIsSplitAtomically(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	reg := inbox.NewRegistry()
 	reg.On("big", inbox.HandlerFunc("a", badNoop), inbox.HandlerFunc("b", badNoop))
-	ib, err := inbox.New(pool, reg, inbox.WithConflictingDuplicates(inbox.RejectConflicting), inbox.WithLogger(quiet(t)))
+	ib, err := inbox.New(pool, reg, inbox.WithConflictingDuplicates(inbox.RejectConflicting), inbox.WithLogger(testenv.Logger(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	payload := strings.Repeat("x", 1<<20)
 	var recs []*inbox.Record
 	for range 12 { // 12 records × 2 handlers × 1 MiB: two statements
-		recs = append(recs, record(t, uuid.New(), "big", payload))
+		recs = append(recs, testenv.Record(t, uuid.New(), "big", payload))
 	}
 	res, err := ib.Client().SetWithResult(ctx, recs...)
 	if err != nil || res.New != 12 || res.Rows != 24 {
@@ -217,9 +218,9 @@ func TestLargeSetIsSplitAtomically(t *testing.T) {
 	// it is stored, though its first chunk was sent first.
 	var more []*inbox.Record
 	for range 12 {
-		more = append(more, record(t, uuid.New(), "big", payload))
+		more = append(more, testenv.Record(t, uuid.New(), "big", payload))
 	}
-	more = append(more, record(t, recs[0].ID(), "big", "changed"))
+	more = append(more, testenv.Record(t, recs[0].ID(), "big", "changed"))
 	if err := ib.Client().Set(ctx, more...); !errors.Is(err, inbox.ErrConflictingDuplicate) {
 		t.Fatalf("Set with a conflict in its last chunk = %v, want ErrConflictingDuplicate", err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pginbox/inbox"
 	"github.com/pginbox/inbox/dashboard"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 const escapedXSS = `&lt;script&gt;alert(1)&lt;/script&gt;`
@@ -220,7 +221,7 @@ func TestCSRF(t *testing.T) {
 func TestReplayAndDiscardGroups(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 4)
-	var logs logLines
+	var logs testenv.LogLines
 	h := f.handler(dashboard.Options{Actions: true, Actor: "alice",
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	g := f.deadGroup()
@@ -446,12 +447,12 @@ func TestOverviewCounts(t *testing.T) {
 
 func TestDatabaseError(t *testing.T) {
 	t.Parallel()
-	bare := schemaPool(t, false) // no inbox here
+	bare := testenv.Pool(t, testenv.PoolMaxConns) // no inbox here
 	admin, err := inbox.NewAdmin(bare)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs logLines
+	var logs testenv.LogLines
 	h, err := dashboard.New(admin, dashboard.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -476,7 +477,7 @@ func TestDatabaseError(t *testing.T) {
 func TestActionDatabaseError(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 0)
-	var logs logLines
+	var logs testenv.LogLines
 	h := f.handler(dashboard.Options{Actions: true, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	cookie, token := session(t, h, "/pauses")
 	ctx := context.Background()
@@ -528,7 +529,7 @@ func mustURL(t *testing.T, s string) *url.URL {
 
 func TestNewChecksOptions(t *testing.T) {
 	t.Parallel()
-	admin, err := inbox.NewAdmin(schemaPool(t, false))
+	admin, err := inbox.NewAdmin(testenv.Pool(t, testenv.PoolMaxConns))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,16 +3,12 @@ package dashboard_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"regexp"
-	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,148 +18,11 @@ import (
 
 	"github.com/pginbox/inbox"
 	"github.com/pginbox/inbox/dashboard"
-	"github.com/pginbox/inbox/internal/pgserver"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
-// testDatabaseURL is the database this test run created; each test works
-// in a schema of its own inside it.
-var testDatabaseURL string
-
 func TestMain(m *testing.M) {
-	os.Exit(runTests(m))
-}
-
-func runTests(m *testing.M) int {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	srv, err := pgserver.Find(ctx)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "dashboard tests need PostgreSQL: %v\n", err)
-		return 1
-	}
-	defer srv.Close()
-	url, drop, err := srv.CreateDatabase(ctx)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "dashboard tests: create database: %v\n", err)
-		return 1
-	}
-	defer drop(context.Background())
-	testDatabaseURL = url
-	code := m.Run()
-	if code == 0 {
-		if leaked := leakedGoroutines(5 * time.Second); leaked != "" {
-			fmt.Fprintf(os.Stderr, "dashboard tests: goroutines still running after all tests:\n%s\n", leaked)
-			return 1
-		}
-	}
-	return code
-}
-
-// leakedGoroutines waits up to d for every goroutine running the inbox's
-// code or a pgx pool to end, and returns the stacks of those that remain.
-func leakedGoroutines(d time.Duration) string {
-	var leaked []string
-	_ = poll(d, func() (bool, error) {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		leaked = leaked[:0]
-		for _, g := range strings.Split(string(buf), "\n\n") {
-			if strings.Contains(g, "leakedGoroutines") {
-				continue
-			}
-			if strings.Contains(g, "github.com/pginbox/inbox.(*") || strings.Contains(g, "pgxpool.(*Pool)") {
-				leaked = append(leaked, g)
-			}
-		}
-		return len(leaked) == 0, nil
-	})
-	return strings.Join(leaked, "\n\n")
-}
-
-func poll(within time.Duration, cond func() (bool, error)) error {
-	deadline := time.Now().Add(within)
-	for {
-		ok, err := cond()
-		if err != nil {
-			return err
-		}
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v", within)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-var schemaSeq atomic.Int64
-
-// schemaPool returns a pool working in a new schema of its own, migrated
-// unless bare.
-func schemaPool(t testing.TB, migrate bool) *pgxpool.Pool {
-	t.Helper()
-	ctx := context.Background()
-	name := fmt.Sprintf("d%d_%s", schemaSeq.Add(1), strings.ReplaceAll(uuid.NewString()[:8], "-", ""))
-	admin, err := pgxpool.New(ctx, testDatabaseURL)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	_, err = admin.Exec(ctx, "CREATE SCHEMA "+name)
-	admin.Close()
-	if err != nil {
-		t.Fatalf("create schema: %v", err)
-	}
-	cfg, err := pgxpool.ParseConfig(testDatabaseURL)
-	if err != nil {
-		t.Fatalf("parse url: %v", err)
-	}
-	cfg.ConnConfig.RuntimeParams["search_path"] = name
-	cfg.MaxConns = 10
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(pool.Close)
-	if migrate {
-		if err := inbox.Migrate(ctx, pool); err != nil {
-			t.Fatalf("migrate: %v", err)
-		}
-	}
-	return pool
-}
-
-// logLines collects log lines.
-type logLines struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	l.lines = append(l.lines, string(p))
-	l.mu.Unlock()
-	return len(p), nil
-}
-
-func (l *logLines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.lines, "")
-}
-
-// testWriter writes log lines to the test's log.
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-var _ io.Writer = testWriter{}
-
-func quiet(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	os.Exit(testenv.Main(m, "dashboard", testenv.InboxCode, testenv.PgxPool))
 }
 
 // xss is outside text that must reach the browser as text.
@@ -192,7 +51,7 @@ func newFixture(t *testing.T, events int, errFormat ...string) *fixture {
 	if len(errFormat) > 0 {
 		format = errFormat[0]
 	}
-	f := &fixture{t: t, pool: schemaPool(t, true)}
+	f := &fixture{t: t, pool: testenv.MigratedPool(t)}
 	f.shipBroken.Store(true)
 	reg := inbox.NewRegistry()
 	reg.On("order_created",
@@ -204,25 +63,7 @@ func newFixture(t *testing.T, events int, errFormat ...string) *fixture {
 			return nil
 		}),
 	)
-	ib, err := inbox.New(f.pool, reg,
-		inbox.WithMaxRetryAttempt(1),
-		inbox.WithIterationRate(20*time.Millisecond),
-		inbox.WithRetryBackoff(5*time.Millisecond, 20*time.Millisecond),
-		inbox.WithLease(time.Second),
-		inbox.WithLogger(quiet(t)))
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	if err := ib.Start(context.Background()); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := ib.Stop(ctx); err != nil {
-			t.Errorf("Stop: %v", err)
-		}
-	})
+	ib := testenv.Start(t, context.Background(), f.pool, reg, testenv.Fast(t, inbox.WithMaxRetryAttempt(1))...)
 	f.ib, f.admin = ib, ib.Admin()
 	for i := range events {
 		id := uuid.New()
@@ -265,7 +106,7 @@ func (f *fixture) stats(eventType, key string) inbox.HandlerStats {
 func (f *fixture) waitPair(eventType, key string, cond func(inbox.HandlerStats) bool) {
 	f.t.Helper()
 	var last inbox.HandlerStats
-	err := poll(15*time.Second, func() (bool, error) {
+	err := testenv.Poll(15*time.Second, func() (bool, error) {
 		last = f.stats(eventType, key)
 		return cond(last), nil
 	})
@@ -278,7 +119,7 @@ func (f *fixture) waitPair(eventType, key string, cond func(inbox.HandlerStats) 
 func (f *fixture) handler(opts dashboard.Options) http.Handler {
 	f.t.Helper()
 	if opts.Logger == nil {
-		opts.Logger = quiet(f.t)
+		opts.Logger = testenv.Logger(f.t)
 	}
 	h, err := dashboard.New(f.admin, opts)
 	if err != nil {

@@ -19,43 +19,18 @@ import (
 
 	"github.com/pginbox/inbox"
 	"github.com/pginbox/inbox/inboxtest"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if code == 0 {
-		if leaked := leakedGoroutines(5*time.Second, "github.com/pginbox/inbox.(*", "pgxpool.(*Pool)"); leaked != "" {
+		if leaked := testenv.Leaked(5*time.Second, testenv.InboxCode, testenv.PgxPool); leaked != "" {
 			fmt.Fprintf(os.Stderr, "inboxtest tests: goroutines still running after all tests:\n%s\n", leaked)
 			code = 1
 		}
 	}
 	os.Exit(code)
-}
-
-// leakedGoroutines waits up to d for every goroutine whose stack contains
-// one of funcs to end, and returns the stacks of those that remain.
-func leakedGoroutines(d time.Duration, funcs ...string) string {
-	deadline := time.Now().Add(d)
-	for {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		var leaked []string
-		for g := range strings.SplitSeq(string(buf), "\n\n") {
-			if strings.Contains(g, "leakedGoroutines") {
-				continue
-			}
-			for _, f := range funcs {
-				if strings.Contains(g, f) {
-					leaked = append(leaked, g)
-					break
-				}
-			}
-		}
-		if len(leaked) == 0 || time.Now().After(deadline) {
-			return strings.Join(leaked, "\n\n")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func newRecord(t testing.TB, eventType, payload string) *inbox.Record {
@@ -421,7 +396,7 @@ func TestDrainContextEnds(t *testing.T) {
 			if elapsed > 2*time.Second {
 				t.Errorf("Drain returned %v after its context ended", elapsed-300*time.Millisecond)
 			}
-			if leaked := leakedGoroutines(2*time.Second, "github.com/pginbox/inbox.(*"); leaked != "" {
+			if leaked := testenv.Leaked(2*time.Second, testenv.InboxCode); leaked != "" {
 				t.Fatalf("worker goroutines still running after Drain returned:\n%s", leaked)
 			}
 		})

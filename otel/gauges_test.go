@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 	inboxotel "github.com/pginbox/inbox/otel"
 )
 
@@ -44,9 +45,9 @@ func checkAgainstStats(t *testing.T, cl collected, stats []inbox.HandlerStats) {
 func TestRowsAndLagFromStats(t *testing.T) {
 	const n = 5
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	mt := newMeter(t)
-	instr, err := inboxotel.New(inboxotel.WithMeterProvider(mt), inboxotel.WithStatsTTL(0), inboxotel.WithLogger(quiet(t)))
+	instr, err := inboxotel.New(inboxotel.WithMeterProvider(mt), inboxotel.WithStatsTTL(0), inboxotel.WithLogger(testenv.Logger(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +60,7 @@ func TestRowsAndLagFromStats(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range n {
-		if err := producer.Client().Set(ctx, record(t, uuid.New(), "order", fmt.Sprint(i))); err != nil {
+		if err := producer.Client().Set(ctx, testenv.Record(t, uuid.New(), "order", fmt.Sprint(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -86,14 +87,14 @@ func TestRowsAndLagFromStats(t *testing.T) {
 		t.Fatal("no inbox.lag for order/ok")
 	}
 	var lag2 float64
-	eventually(t, 10*time.Second, "the lag to grow while no worker runs", func() (bool, error) {
+	testenv.Eventually(t, 10*time.Second, "the lag to grow while no worker runs", func() (bool, error) {
 		lag2, _ = mt.collect(t).gauge("inbox.lag", destOrder, keyOK)
 		return lag2 > lag1, nil
 	})
 	t.Logf("lag grew from %.3fs to %.3fs", lag1, lag2)
 
-	start(t, ctx, pool, reg, fast(t, instr.Options()...)...)
-	eventually(t, 10*time.Second, "the rows to finish", func() (bool, error) {
+	testenv.Start(t, ctx, pool, reg, testenv.Fast(t, instr.Options()...)...)
+	testenv.Eventually(t, 10*time.Second, "the rows to finish", func() (bool, error) {
 		stats, err = admin.Stats(ctx)
 		return err == nil && len(stats) == 2 && stats[0].Done+stats[0].Dead == n && stats[1].Done+stats[1].Dead == n, err
 	})

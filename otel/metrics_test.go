@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 	inboxotel "github.com/pginbox/inbox/otel"
 )
 
@@ -33,7 +34,7 @@ func op(name string) attribute.KeyValue          { return attribute.String("mess
 func TestMetricsForAKnownWorkload(t *testing.T) {
 	const n, m, k = 12, 4, 3
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	mt := newMeter(t)
 	instr, err := inboxotel.New(inboxotel.WithMeterProvider(mt))
 	if err != nil {
@@ -49,13 +50,13 @@ func TestMetricsForAKnownWorkload(t *testing.T) {
 		}
 		return nil
 	}), inbox.HandlerMaxAttempts(2))
-	ib := start(t, ctx, pool, reg, fast(t, append(instr.Options(), inbox.WithUnknownEventTypes(inbox.SkipUnknown))...)...)
+	ib := testenv.Start(t, ctx, pool, reg, testenv.Fast(t, append(instr.Options(), inbox.WithUnknownEventTypes(inbox.SkipUnknown))...)...)
 
 	ids := make([]uuid.UUID, n)
 	recs := make([]*inbox.Record, n)
 	for i := range n {
 		ids[i] = uuid.New()
-		recs[i] = record(t, ids[i], "order", fmt.Sprint(i))
+		recs[i] = testenv.Record(t, ids[i], "order", fmt.Sprint(i))
 	}
 	c := ib.Client()
 	if _, err := c.SetWithResult(ctx, recs[:n-1]...); err != nil {
@@ -74,7 +75,7 @@ func TestMetricsForAKnownWorkload(t *testing.T) {
 	if err := c.Set(ctx, recs[n-m:]...); err != nil { // redeliveries
 		t.Fatal(err)
 	}
-	if err := c.Set(ctx, record(t, ids[0], "order", "another payload"), record(t, uuid.New(), "unknown", "x")); err != nil {
+	if err := c.Set(ctx, testenv.Record(t, ids[0], "order", "another payload"), testenv.Record(t, uuid.New(), "unknown", "x")); err != nil {
 		t.Fatal(err)
 	}
 
@@ -128,7 +129,7 @@ func TestMetricsForAKnownWorkload(t *testing.T) {
 			"write calls >= 1": min(1, int64(cl.count("messaging.client.operation.duration", op("write")))),
 		}
 	}
-	err = poll(15*time.Second, func() (bool, error) {
+	err = testenv.Poll(15*time.Second, func() (bool, error) {
 		read()
 		return maps.Equal(got, want), nil
 	})

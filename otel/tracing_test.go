@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 	inboxotel "github.com/pginbox/inbox/otel"
 )
 
@@ -72,7 +73,7 @@ func runSpans(exp *tracetest.InMemoryExporter, id uuid.UUID) []tracetest.SpanStu
 func waitSpans(t *testing.T, exp *tracetest.InMemoryExporter, id uuid.UUID, n int) []tracetest.SpanStub {
 	t.Helper()
 	var spans []tracetest.SpanStub
-	eventually(t, 10*time.Second, "handler spans", func() (bool, error) {
+	testenv.Eventually(t, 10*time.Second, "handler spans", func() (bool, error) {
 		spans = runSpans(exp, id)
 		return len(spans) >= n, nil
 	})
@@ -99,7 +100,7 @@ func attr(s tracetest.SpanStub, key attribute.Key) attribute.Value {
 // (one per attempt) are children too, with an Error status.
 func TestTraceFromProducerToHandler(t *testing.T) {
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	exp := tracetest.NewInMemoryExporter()
 	tpA, tpB := tracer(t, exp), tracer(t, exp)
 	instrA, err := inboxotel.New(inboxotel.WithTracerProvider(tpA))
@@ -118,7 +119,7 @@ func TestTraceFromProducerToHandler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start(t, ctx, pool, reg, fast(t, instrB.Options()...)...)
+	testenv.Start(t, ctx, pool, reg, testenv.Fast(t, instrB.Options()...)...)
 
 	producer := tpA.Tracer("producer")
 	type sent struct {
@@ -129,7 +130,7 @@ func TestTraceFromProducerToHandler(t *testing.T) {
 		id := uuid.New()
 		pctx, span := producer.Start(ctx, "send "+eventType, trace.WithSpanKind(trace.SpanKindProducer))
 		defer span.End()
-		rec := record(t, id, eventType, "{}")
+		rec := testenv.Record(t, id, eventType, "{}")
 		if !tx {
 			if err := a.Client().Set(pctx, rec); err != nil {
 				t.Fatal(err)
@@ -214,7 +215,7 @@ func TestTraceFromProducerToHandler(t *testing.T) {
 // Inbox started.
 func TestNoTraceWithoutSpan(t *testing.T) {
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	exp := tracetest.NewInMemoryExporter()
 	tp := tracer(t, exp)
 	instr, err := inboxotel.New(inboxotel.WithTracerProvider(tp))
@@ -225,11 +226,11 @@ func TestNoTraceWithoutSpan(t *testing.T) {
 	reg := inbox.NewRegistry()
 	reg.On("order", s.handler("ship", nil))
 	startCtx, startSpan := tp.Tracer("app").Start(ctx, "startup")
-	ib := start(t, startCtx, pool, reg, fast(t, instr.Options()...)...)
+	ib := testenv.Start(t, startCtx, pool, reg, testenv.Fast(t, instr.Options()...)...)
 	startSpan.End()
 
 	id := uuid.New()
-	if err := ib.Client().Set(ctx, record(t, id, "order", "{}")); err != nil {
+	if err := ib.Client().Set(ctx, testenv.Record(t, id, "order", "{}")); err != nil {
 		t.Fatal(err)
 	}
 	got := waitSpans(t, exp, id, 1)[0]
@@ -249,7 +250,7 @@ func TestNoTraceWithoutSpan(t *testing.T) {
 	if stored != nil {
 		t.Errorf("trace_context column = %q, want NULL", *stored)
 	}
-	eventually(t, 10*time.Second, "the row to be done", func() (bool, error) {
+	testenv.Eventually(t, 10*time.Second, "the row to be done", func() (bool, error) {
 		rows, err := ib.Lookup(ctx, id)
 		return err == nil && len(rows) == 1 && rows[0].Status == inbox.Done, err
 	})
@@ -260,7 +261,7 @@ func TestNoTraceWithoutSpan(t *testing.T) {
 // by another Inbox's propagator, read from Attempt.TraceContext.
 func TestMiddlewareReadsTheAttempt(t *testing.T) {
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := testenv.MigratedPool(t)
 	exp := tracetest.NewInMemoryExporter()
 	tp := tracer(t, exp)
 	instr, err := inboxotel.New(inboxotel.WithTracerProvider(tp))
@@ -273,10 +274,10 @@ func TestMiddlewareReadsTheAttempt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start(t, ctx, pool, reg, fast(t, inbox.WithMiddleware(instr.Middleware()))...)
+	testenv.Start(t, ctx, pool, reg, testenv.Fast(t, inbox.WithMiddleware(instr.Middleware()))...)
 	pctx, span := tp.Tracer("producer").Start(ctx, "send")
 	id := uuid.New()
-	if err := producer.Client().Set(pctx, record(t, id, "order", "{}")); err != nil {
+	if err := producer.Client().Set(pctx, testenv.Record(t, id, "order", "{}")); err != nil {
 		t.Fatal(err)
 	}
 	span.End()

@@ -88,27 +88,15 @@ counted as payload_erased, and the command exits 1 after replaying the rest.`,
 			"inboxctl replay --event-type order_created --status dead --since 1d --dry-run",
 			"inboxctl replay --handler-key send_email --error 'connection refused' --yes --json",
 		},
-		setup: func(fs *flag.FlagSet, c *call) func(context.Context) error {
-			var af actionFlags
-			af.register(fs, c)
-			return func(ctx context.Context) error {
-				f := af.filter.filter()
-				if len(c.args) == 1 {
-					id, err := eventIDArg(c.args[0])
-					if err != nil {
-						return err
-					}
-					f.EventID = id
-					// EVENT_ID --handler-key K and nothing else: one row.
-					rest := f
-					rest.EventID, rest.HandlerKey = uuid.Nil, ""
-					if f.HandlerKey != "" && rest.IsZero() {
-						return c.replayRow(ctx, id, f.HandlerKey, af)
-					}
-				}
-				return c.bulk(ctx, action, f, af)
+		setup: filterSetup(func(ctx context.Context, c *call, f inbox.Filter, af actionFlags) error {
+			// EVENT_ID --handler-key K and nothing else: one row.
+			rest := f
+			rest.EventID, rest.HandlerKey = uuid.Nil, ""
+			if f.EventID != uuid.Nil && f.HandlerKey != "" && rest.IsZero() {
+				return c.replayRow(ctx, f.EventID, f.HandlerKey, af)
 			}
-		},
+			return c.bulk(ctx, action, f, af)
+		}),
 	}
 }
 
@@ -137,23 +125,15 @@ are left alone. A filter is required.`,
 			"inboxctl discard 0b5e2c1a-6f43-4d5e-9a43-2f9f0d1c7b21 --handler-key export --yes",
 			"inboxctl discard --fingerprint 3f2a9c0b1d4e5f60 --reason 'known bad payloads'",
 		},
-		setup: func(fs *flag.FlagSet, c *call) func(context.Context) error {
-			var af actionFlags
-			af.register(fs, c)
-			return func(ctx context.Context) error {
-				f, err := withEventID(af.filter.filter(), c.args)
-				if err != nil {
-					return err
-				}
-				if f.Fingerprint != "" && len(f.Statuses) == 0 {
-					// A group's rows are dead: discarding the group marks
-					// them handled. (Discard's own default, pending and
-					// failed rows, would match none of them.)
-					f.Statuses = []inbox.Status{inbox.Dead}
-				}
-				return c.bulk(ctx, action, f, af)
+		setup: filterSetup(func(ctx context.Context, c *call, f inbox.Filter, af actionFlags) error {
+			if f.Fingerprint != "" && len(f.Statuses) == 0 {
+				// A group's rows are dead: discarding the group marks them
+				// handled. (Discard's own default, pending and failed rows,
+				// would match none of them.)
+				f.Statuses = []inbox.Status{inbox.Dead}
 			}
-		},
+			return c.bulk(ctx, action, f, af)
+		}),
 	}
 }
 
@@ -181,44 +161,45 @@ table say --status pending,failed,done,dead).`,
 			"inboxctl delete 0b5e2c1a-6f43-4d5e-9a43-2f9f0d1c7b21 --yes",
 			"inboxctl delete --status dead --until 30d --reason cleanup",
 		},
-		setup: func(fs *flag.FlagSet, c *call) func(context.Context) error {
-			var af actionFlags
-			af.register(fs, c)
-			return func(ctx context.Context) error {
-				f, err := withEventID(af.filter.filter(), c.args)
-				if err != nil {
-					return err
-				}
-				// Rows in progress are never deleted: leave them out, so
-				// that the count is what Delete will consider.
-				if len(f.Statuses) > 0 {
-					var keep []inbox.Status
-					for _, s := range f.Statuses {
-						if s != inbox.Progress {
-							keep = append(keep, s)
-						}
+		setup: filterSetup(func(ctx context.Context, c *call, f inbox.Filter, af actionFlags) error {
+			// Rows in progress are never deleted: leave them out, so that
+			// the count is what Delete will consider.
+			if len(f.Statuses) > 0 {
+				var keep []inbox.Status
+				for _, s := range f.Statuses {
+					if s != inbox.Progress {
+						keep = append(keep, s)
 					}
-					if len(keep) == 0 {
-						return usagef("rows in progress are leased to a worker and never deleted")
-					}
-					f.Statuses = keep
 				}
-				return c.bulk(ctx, action, f, af)
+				if len(keep) == 0 {
+					return usagef("rows in progress are leased to a worker and never deleted")
+				}
+				f.Statuses = keep
 			}
-		},
+			return c.bulk(ctx, action, f, af)
+		}),
 	}
 }
 
-// withEventID sets f's event id from the optional EVENT_ID argument.
-func withEventID(f inbox.Filter, args []string) (inbox.Filter, error) {
-	if len(args) == 1 {
-		id, err := eventIDArg(args[0])
-		if err != nil {
-			return f, err
+// filterSetup is the setup of a command acting on [EVENT_ID] and the
+// filter flags: run gets the filter they give (with the EVENT_ID, when
+// given) and the flags.
+func filterSetup(run func(ctx context.Context, c *call, f inbox.Filter, af actionFlags) error) func(*flag.FlagSet, *call) func(context.Context) error {
+	return func(fs *flag.FlagSet, c *call) func(context.Context) error {
+		var af actionFlags
+		af.register(fs, c)
+		return func(ctx context.Context) error {
+			f := af.filter.filter()
+			if len(c.args) == 1 {
+				id, err := eventIDArg(c.args[0])
+				if err != nil {
+					return err
+				}
+				f.EventID = id
+			}
+			return run(ctx, c, f, af)
 		}
-		f.EventID = id
 	}
-	return f, nil
 }
 
 // bulk runs a bulk action: count, dry run or confirmation, action.

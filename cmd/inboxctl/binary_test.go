@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // TestBinary builds inboxctl and runs the real program: exit codes, the
@@ -28,7 +29,7 @@ func TestBinary(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	env := append(os.Environ(), "DATABASE_URL="+testDatabaseURL, "USER=binary")
+	env := append(os.Environ(), "DATABASE_URL="+testenv.URL(), "USER=binary")
 	runBin := func(args ...string) result {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -89,7 +90,7 @@ func TestBinary(t *testing.T) {
 	var addr string
 	var waitErr error
 	ended := false
-	err := poll(20*time.Second, func() (bool, error) {
+	err := testenv.Poll(20*time.Second, func() (bool, error) {
 		select {
 		case waitErr = <-exited:
 			ended = true

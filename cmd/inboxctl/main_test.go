@@ -8,10 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,81 +17,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pginbox/inbox"
-	"github.com/pginbox/inbox/internal/pgserver"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
-// testDatabaseURL is the database this test run created; each test works
-// in a schema of its own inside it.
-var testDatabaseURL string
-
 func TestMain(m *testing.M) {
-	os.Exit(runTests(m))
-}
-
-func runTests(m *testing.M) int {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	srv, err := pgserver.Find(ctx)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "inboxctl tests need PostgreSQL: %v\n", err)
-		return 1
-	}
-	defer srv.Close()
-	url, drop, err := srv.CreateDatabase(ctx)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "inboxctl tests: create database: %v\n", err)
-		return 1
-	}
-	defer drop(context.Background())
-	testDatabaseURL = url
-	code := m.Run()
-	if code == 0 {
-		if leaked := leakedGoroutines(5 * time.Second); leaked != "" {
-			fmt.Fprintf(os.Stderr, "inboxctl tests: goroutines still running after all tests:\n%s\n", leaked)
-			return 1
-		}
-	}
-	return code
-}
-
-// leakedGoroutines waits up to d for every goroutine of a pgx pool or the
-// inbox package to end, and returns the stacks of those that remain.
-func leakedGoroutines(d time.Duration) string {
-	var leaked []string
-	_ = poll(d, func() (bool, error) {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		leaked = leaked[:0]
-		for _, g := range strings.Split(string(buf), "\n\n") {
-			if strings.Contains(g, "leakedGoroutines") {
-				continue
-			}
-			if strings.Contains(g, "github.com/pginbox/inbox.(*") || strings.Contains(g, "pgxpool.(*Pool)") ||
-				strings.Contains(g, "net/http.(*Server)") {
-				leaked = append(leaked, g)
-			}
-		}
-		return len(leaked) == 0, nil
-	})
-	return strings.Join(leaked, "\n\n")
-}
-
-// poll calls cond every 10ms until it holds, fails, or d passes.
-func poll(d time.Duration, cond func() (bool, error)) error {
-	deadline := time.Now().Add(d)
-	for {
-		ok, err := cond()
-		if err != nil {
-			return err
-		}
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v", d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	os.Exit(testenv.Main(m, "inboxctl", testenv.InboxCode, testenv.PgxPool, testenv.HTTPServer))
 }
 
 // fixture is one test's schema, with a pool and an Admin working in it.
@@ -104,27 +32,11 @@ type fixture struct {
 	admin  *inbox.Admin
 }
 
-var schemaSeq atomic.Int64
-
 // newFixture creates an empty schema for t (not migrated).
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	ctx := context.Background()
-	schema := fmt.Sprintf("ctl%d_%s", schemaSeq.Add(1), strings.ReplaceAll(uuid.NewString()[:8], "-", ""))
-	cfg, err := pgxpool.ParseConfig(testDatabaseURL)
-	if err != nil {
-		t.Fatalf("parse url: %v", err)
-	}
-	cfg.ConnConfig.RuntimeParams["search_path"] = schema
-	cfg.MaxConns = 8
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := pool.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatalf("create schema: %v", err)
-	}
+	schema := testenv.Schema(t)
+	pool := testenv.SchemaPool(t, schema, 8)
 	admin, err := inbox.NewAdmin(pool)
 	if err != nil {
 		t.Fatalf("NewAdmin: %v", err)
@@ -136,28 +48,8 @@ func newFixture(t *testing.T) *fixture {
 // milliseconds and gives each row one attempt; it stops when t ends.
 func (f *fixture) start(reg *inbox.Registry, more ...inbox.Option) *inbox.Inbox {
 	f.t.Helper()
-	opts := append([]inbox.Option{
-		inbox.WithIterationRate(20 * time.Millisecond),
-		inbox.WithRetryBackoff(5*time.Millisecond, 20*time.Millisecond),
-		inbox.WithLease(time.Second),
-		inbox.WithMaxRetryAttempt(1),
-		inbox.WithLogger(slog.New(slog.DiscardHandler)),
-	}, more...)
-	ib, err := inbox.New(f.pool, reg, opts...)
-	if err != nil {
-		f.t.Fatalf("New: %v", err)
-	}
-	if err := ib.Start(context.Background()); err != nil {
-		f.t.Fatalf("Start: %v", err)
-	}
-	f.t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := ib.Stop(ctx); err != nil {
-			f.t.Errorf("Stop: %v", err)
-		}
-	})
-	return ib
+	opts := append([]inbox.Option{inbox.WithMaxRetryAttempt(1), inbox.WithLogger(slog.New(slog.DiscardHandler))}, more...)
+	return testenv.Start(f.t, context.Background(), f.pool, reg, testenv.Fast(f.t, opts...)...)
 }
 
 // set stores one event of eventType per payload and returns their ids.
@@ -186,7 +78,7 @@ type pair struct{ eventType, key string }
 func (f *fixture) waitStats(what string, cond func(map[pair]inbox.HandlerStats) bool) {
 	f.t.Helper()
 	var last map[pair]inbox.HandlerStats
-	err := poll(20*time.Second, func() (bool, error) {
+	err := testenv.Poll(20*time.Second, func() (bool, error) {
 		stats, err := f.admin.Stats(context.Background())
 		if err != nil {
 			return false, err
@@ -276,7 +168,7 @@ func (in invocation) run(args ...string) result {
 	if in.stderr != nil {
 		errw = io.MultiWriter(&stderr, in.stderr)
 	}
-	env := map[string]string{"DATABASE_URL": testDatabaseURL, "USER": "tester"}
+	env := map[string]string{"DATABASE_URL": testenv.URL(), "USER": "tester"}
 	a := &app{
 		stdin: strings.NewReader(in.stdin), stdout: &stdout, stderr: errw,
 		env:         func(k string) string { return env[k] },

@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // The JSON shapes the tests read, written from the documentation (not from
@@ -326,7 +327,7 @@ func TestOperatorScenario(t *testing.T) {
 	// One row: a done row runs again.
 	r = f.ctl("replay", orders[1].String(), "--handler-key", "ok", "--yes")
 	wantOut(t, r, "replayed 1 row")
-	err := poll(20*time.Second, func() (bool, error) {
+	err := testenv.Poll(20*time.Second, func() (bool, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		return runs[`ok/{"order":2}`] == 2, nil
@@ -693,7 +694,7 @@ func TestServe(t *testing.T) {
 		done <- invocation{t: t, ctx: ctx, schema: f.schema, stderr: &stderr}.run("serve", "--addr", "127.0.0.1:0")
 	}()
 	var addr string
-	err := poll(20*time.Second, func() (bool, error) {
+	err := testenv.Poll(20*time.Second, func() (bool, error) {
 		select {
 		case r := <-done: // serve ended before listening
 			wantCode(t, r, 1, "dashboard")

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,12 +23,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pginbox/inbox/internal/pgbouncer"
-	"github.com/pginbox/inbox/internal/pgserver"
+	"github.com/pginbox/inbox/internal/testenv"
 )
-
-// upstreamURL is a database of its own on the test server; the tests put
-// PgBouncer in front of it.
-var upstreamURL string
 
 // childEnv makes the test binary a child that starts PgBouncer in front
 // of the URL in this variable, prints "PID DIR" and waits to be killed.
@@ -45,75 +40,15 @@ func TestMain(m *testing.M) {
 		fmt.Println(b.PID, b.Dir)
 		select {} // until killed: Close never runs
 	}
-	os.Exit(runTests(m))
-}
-
-func runTests(m *testing.M) int {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	srv, err := pgserver.Find(ctx)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "pgbouncer tests need PostgreSQL: %v\n", err)
-		return 1
-	}
-	defer srv.Close()
-	fmt.Fprintf(os.Stderr, "pgbouncer tests: PostgreSQL from %s\n", srv.Source)
-	u, drop, err := srv.CreateDatabase(ctx)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "pgbouncer tests: create database: %v\n", err)
-		return 1
-	}
-	defer drop(context.Background())
-	upstreamURL = u
-	code := m.Run()
-	if code == 0 {
-		if leaked := leakedGoroutines(5 * time.Second); leaked != "" {
-			fmt.Fprintf(os.Stderr, "pgbouncer tests: goroutines still running after all tests:\n%s\n", leaked)
-			return 1
-		}
-	}
-	return code
-}
-
-// leakedGoroutines waits up to d for every goroutine that owns a PgBouncer
-// process to end, and returns the stacks of those that remain: one that
-// remains means a Bouncer was never closed or Close did not reap it.
-func leakedGoroutines(d time.Duration) string {
-	var leaked []string
-	_ = waitUntil(d, func() (bool, error) {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		leaked = leaked[:0]
-		for g := range strings.SplitSeq(string(buf), "\n\n") {
-			if strings.Contains(g, "internal/pgbouncer.startProcess") {
-				leaked = append(leaked, g)
-			}
-		}
-		return len(leaked) == 0, nil
-	})
-	return strings.Join(leaked, "\n\n")
-}
-
-// waitUntil calls cond every few milliseconds until it reports true or an
-// error, or d has passed.
-func waitUntil(d time.Duration, cond func() (bool, error)) error {
-	deadline := time.Now().Add(d)
-	for {
-		ok, err := cond()
-		if err != nil || ok {
-			return err
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("condition not met within %v", d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// A goroutine of startProcess that remains owns a PgBouncer process: a
+	// Bouncer was never closed, or Close did not reap it.
+	os.Exit(testenv.Main(m, "pgbouncer", "internal/pgbouncer.startProcess"))
 }
 
 // database returns the name of the test database.
 func database(t *testing.T) string {
 	t.Helper()
-	u, err := url.Parse(upstreamURL)
+	u, err := url.Parse(testenv.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +59,7 @@ func database(t *testing.T) string {
 // it when the test ends.
 func startBouncer(t *testing.T) *pgbouncer.Bouncer {
 	t.Helper()
-	b, err := pgbouncer.Start(t.Context(), upstreamURL)
+	b, err := pgbouncer.Start(t.Context(), testenv.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,7 +251,7 @@ func TestCommitHandsTheServerToAWaitingClient(t *testing.T) {
 	// next SHOW POOLS, which would then see it logging in (sv_login), idle
 	// or serving the client (no longer waiting).
 	admin := connectAdmin(t, b)
-	err := waitUntil(10*time.Second, func() (bool, error) {
+	err := testenv.Poll(10*time.Second, func() (bool, error) {
 		pool, err := showPool(ctx, admin, name)
 		return pool["cl_waiting"] == "1", err
 	})
@@ -427,7 +362,7 @@ func TestStartupParameters(t *testing.T) {
 
 func TestCloseStopsPgBouncer(t *testing.T) {
 	t.Parallel()
-	b, err := pgbouncer.Start(t.Context(), upstreamURL)
+	b, err := pgbouncer.Start(t.Context(), testenv.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -452,7 +387,7 @@ func TestCloseStopsPgBouncer(t *testing.T) {
 func TestKilledOwnerLeavesNoPgBouncer(t *testing.T) {
 	t.Parallel()
 	cmd := exec.Command(os.Args[0], "-test.run=^$") // TestMain sees childEnv
-	cmd.Env = append(os.Environ(), childEnv+"="+upstreamURL)
+	cmd.Env = append(os.Environ(), childEnv+"="+testenv.URL())
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -482,7 +417,7 @@ func TestKilledOwnerLeavesNoPgBouncer(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
-	if err := waitUntil(10*time.Second, func() (bool, error) { return !alive(pid), nil }); err != nil {
+	if err := testenv.Poll(10*time.Second, func() (bool, error) { return !alive(pid), nil }); err != nil {
 		t.Fatalf("PgBouncer (pid %d) still runs after its owner was killed: %v", pid, err)
 	}
 }
@@ -541,7 +476,7 @@ func TestMissingBinary(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
 	defer pgbouncer.SetFallbackBinary(filepath.Join(t.TempDir(), "pgbouncer"))()
 
-	b, err := pgbouncer.Start(t.Context(), upstreamURL)
+	b, err := pgbouncer.Start(t.Context(), testenv.URL())
 	if err == nil {
 		b.Close()
 		t.Fatal("Start succeeded without a pgbouncer binary")
