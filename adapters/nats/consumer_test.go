@@ -1,0 +1,366 @@
+package inboxnats_test
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/pginbox/inbox"
+	inboxnats "github.com/pginbox/inbox/adapters/nats"
+	"github.com/pginbox/inbox/internal/testenv"
+)
+
+// orders returns n "order" messages with ids of their own and payloads
+// "p<i>", followed by a redelivery (same id header, same payload) of every
+// tenth one, shuffled in among the rest; and the n payloads.
+func orders(e *env, n int) ([]*nats.Msg, []string) {
+	type placed struct {
+		at  float64
+		msg *nats.Msg
+	}
+	var all []placed
+	var payloads []string
+	for i := range n {
+		id := uuid.NewString()
+		payloads = append(payloads, fmt.Sprint("p", i))
+		all = append(all, placed{float64(i), e.msg("order", id, payloads[i])})
+		if i%10 == 0 {
+			// Up to 300 places later: some duplicates land in the same
+			// batch as their first delivery, some in later ones.
+			all = append(all, placed{float64(i) + 0.5 + 300*rand.Float64(), e.msg("order", id, payloads[i])})
+		}
+	}
+	slices.SortStableFunc(all, func(a, b placed) int { return cmp.Compare(a.at, b.at) })
+	msgs := make([]*nats.Msg, len(all))
+	for i, p := range all {
+		msgs[i] = p.msg
+	}
+	return msgs, payloads
+}
+
+// 10,000 messages and 1,000 redelivered duplicates (same id header, no
+// Nats-Msg-Id, so JetStream's own dedup window keeps them) end as exactly
+// 10,000 events, each handler run once, every message acked.
+func TestDuplicatesStoredOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t)...)
+	const n = 10_000
+	msgs, payloads := orders(e, n)
+	if len(msgs) != n+n/10 {
+		t.Fatalf("%d messages, want %d", len(msgs), n+n/10)
+	}
+	e.publish(msgs...)
+	c := e.consumer(ib.Client(), e.options(nil))
+
+	testenv.Eventually(t, 3*time.Minute, "every event handled", func() (bool, error) {
+		return e.runs.distinct() == n, nil
+	})
+	info := e.settled(time.Minute)
+	if bad, distinct := e.runs.check(payloads); bad != "" || distinct != n {
+		t.Fatalf("%s; %d distinct events handled, want %d", bad, distinct, n)
+	}
+	if got := e.rows(); got != n {
+		t.Fatalf("%d rows stored, want %d", got, n)
+	}
+	testenv.Eventually(t, time.Minute, "every row done", func() (bool, error) {
+		counts, err := ib.Counts(context.Background())
+		return counts[inbox.Done] == n, err
+	})
+	testenv.Eventually(t, time.Minute, "every delivery acked", func() (bool, error) {
+		return c.Stats().Acked == int64(len(msgs)), nil
+	})
+	if s := c.Stats(); s.Acked != int64(len(msgs)) || s.Terminated != 0 || s.SetFailures != 0 || s.AckFailures != 0 {
+		t.Fatalf("stats %+v: want %d acked, none terminated or failed", s, len(msgs))
+	}
+	if info.AckFloor.Stream != uint64(len(msgs)) {
+		t.Fatalf("ack floor at stream sequence %d, want %d", info.AckFloor.Stream, len(msgs))
+	}
+	// Every row is done, so no later run can come: each handler ran once.
+	if bad, _ := e.runs.check(payloads); bad != "" {
+		t.Fatal(bad)
+	}
+}
+
+// While the database is unreachable nothing is acked; once it is back
+// every message is stored once.
+func TestDatabaseDownNothingAcked(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t)...)
+	p := newProxy(t) // down
+	const n = 300
+	msgs, payloads := orders(e, n)
+	e.publish(msgs...)
+	c := e.consumer(e.writer(p.pool(t, e.schema)), e.options(func(o *inboxnats.Options) {
+		o.RetryBackoff, o.MaxRetryBackoff = 10*time.Millisecond, 200*time.Millisecond
+		o.Logger = new(testenv.LogLines).Logger() // failures are expected
+	}))
+
+	testenv.Eventually(t, time.Minute, "five failed Sets", func() (bool, error) {
+		return c.Stats().SetFailures >= 5, nil
+	})
+	if info := e.info(); info.AckFloor.Stream != 0 || info.AckFloor.Consumer != 0 {
+		t.Fatalf("ack floor %+v while the database is down, want nothing acked", info.AckFloor)
+	}
+	if s := c.Stats(); s.Acked != 0 || s.Terminated != 0 {
+		t.Fatalf("stats %+v while the database is down", s)
+	}
+	if got := e.rows(); got != 0 {
+		t.Fatalf("%d rows stored while the database is down", got)
+	}
+
+	p.set(true)
+	testenv.Eventually(t, time.Minute, "every event handled after recovery", func() (bool, error) {
+		return e.runs.distinct() == n, nil
+	})
+	e.settled(time.Minute)
+	if bad, distinct := e.runs.check(payloads); bad != "" || distinct != n {
+		t.Fatalf("%s; %d distinct events handled, want %d", bad, distinct, n)
+	}
+	if got := e.rows(); got != n {
+		t.Fatalf("%d rows stored, want %d", got, n)
+	}
+	_ = ib
+}
+
+// Poison messages are terminated with a reason, once each, and the good
+// messages of their batches are stored and acked: an id header that is
+// not a UUID, the nil UUID (NewRecord rejects it), a subject with no event
+// type, and an event type without handlers (Set rejects the batch; the
+// culprit is found by halving).
+func TestPoisonTerminated(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t)...)
+	const n = 200
+	msgs, payloads := orders(e, n)
+	poison := []*nats.Msg{
+		e.msg("order", "not-a-uuid", "bad id"),
+		e.msg("order", uuid.Nil.String(), "nil id"),
+		e.msg("nomap", uuid.NewString(), "no type"),
+		e.msg("unknown", uuid.NewString(), "unknown type 1"),
+		e.msg("unknown", uuid.NewString(), "unknown type 2"),
+	}
+	for i, m := range poison { // spread over the batches
+		at := (i + 1) * len(msgs) / (len(poison) + 1)
+		msgs = append(msgs[:at], append([]*nats.Msg{m}, msgs[at:]...)...)
+	}
+	e.publish(msgs...)
+	var logs testenv.LogLines
+	c := e.consumer(ib.Client(), e.options(func(o *inboxnats.Options) {
+		o.BatchSize = 50
+		o.Logger = logs.Logger()
+	}))
+
+	testenv.Eventually(t, time.Minute, "every good event handled", func() (bool, error) {
+		return e.runs.distinct() == n, nil
+	})
+	e.settled(time.Minute)
+	if bad, distinct := e.runs.check(payloads); bad != "" || distinct != n {
+		t.Fatalf("%s; %d distinct events handled, want %d", bad, distinct, n)
+	}
+	s := c.Stats()
+	if s.Terminated != int64(len(poison)) || s.SetFailures != 0 {
+		t.Fatalf("stats %+v: want %d terminated, no failed Set", s, len(poison))
+	}
+	for _, reason := range []string{
+		`header Event-Id \"not-a-uuid\" is not a UUID`,
+		"nil UUID",
+		"no event type for subject",
+		"inbox rejected the record",
+	} {
+		if logs.Count("poison message terminated", reason) == 0 {
+			t.Errorf("no poison log with %q in:\n%s", reason, logs.String())
+		}
+	}
+	if got := logs.Count("poison message terminated", "inbox rejected the record"); got != 2 {
+		t.Errorf("%d unknown-type messages terminated, want 2", got)
+	}
+}
+
+// An ack wait shorter than a slow Set (blocked by a lock the test holds)
+// redelivers the batch to a second consumer process while the first is
+// still storing it: both Sets commit, each event is stored and handled
+// once, nothing stays pending.
+func TestAckWaitShorterThanSet(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t)...)
+	ctx := context.Background()
+	lock, err := e.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(ctx)
+	if _, err := lock.Exec(ctx, `LOCK TABLE inbox_records IN SHARE ROW EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 100
+	msgs, payloads := orders(e, n)
+	e.publish(msgs...)
+	opts := e.options(func(o *inboxnats.Options) {
+		o.AckWait = inboxnats.MinAckWait
+		o.BatchSize = 200
+		o.Logger = new(testenv.LogLines).Logger() // late acks are expected
+	})
+	a := e.consumer(ib.Client(), opts)
+	b := e.consumer(ib.Client(), opts)
+	testenv.Eventually(t, time.Minute, "a redelivery while the Set is blocked", func() (bool, error) {
+		return e.info().NumRedelivered > 0 && a.Stats().Fetched+b.Stats().Fetched > int64(len(msgs)), nil
+	})
+	if got := e.runs.distinct(); got != 0 {
+		t.Fatalf("%d events handled while Set was blocked", got)
+	}
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	testenv.Eventually(t, time.Minute, "every event handled", func() (bool, error) {
+		return e.runs.distinct() == n, nil
+	})
+	e.settled(time.Minute)
+	if bad, distinct := e.runs.check(payloads); bad != "" || distinct != n {
+		t.Fatalf("%s; %d distinct events handled, want %d", bad, distinct, n)
+	}
+	if got := e.rows(); got != n {
+		t.Fatalf("%d rows stored, want %d", got, n)
+	}
+	// Both consumers finish their deliveries: the late acks of the
+	// redelivered batch succeed or fail, without waiting long.
+	released := time.Now()
+	testenv.Eventually(t, time.Minute, "both consumers done with their batches", func() (bool, error) {
+		sa, sb := a.Stats(), b.Stats()
+		return sa.Acked+sa.AckFailures == sa.Fetched && sb.Acked+sb.AckFailures == sb.Fetched, nil
+	})
+	t.Logf("consumer a %+v, b %+v, done %v after the release", a.Stats(), b.Stats(), time.Since(released))
+}
+
+// Ids: a UUID header is used as it is; without the header the id is the
+// stream sequence's, the same on every redelivery; a traceparent header
+// becomes the record's trace context; Nats-Msg-Id may carry the id.
+func TestMapping(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t)...)
+	id := uuid.New()
+	withID := e.msg("order", id.String(), "with id")
+	withID.Header.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	e.publish(withID, e.msg("order", "", "no id"))
+	e.consumer(ib.Client(), e.options(nil))
+	testenv.Eventually(t, time.Minute, "both events handled", func() (bool, error) {
+		return e.runs.distinct() == 2, nil
+	})
+	ctx := context.Background()
+	states, err := ib.Lookup(ctx, id)
+	if err != nil || len(states) != 1 {
+		t.Fatalf("Lookup(header id) = %v, %v", states, err)
+	}
+	var trace string
+	if err := e.pool.QueryRow(ctx, `SELECT coalesce(trace_context, '') FROM inbox_records WHERE event_id = $1`, id).Scan(&trace); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(trace, "4bf92f3577b34da6a3ce929d0e0e4736") {
+		t.Fatalf("trace context %q, want the traceparent header", trace)
+	}
+	seqID := brokerID(e.stream, 2)
+	if states, err := ib.Lookup(ctx, seqID); err != nil || len(states) != 1 {
+		t.Fatalf("Lookup(stream sequence id %s) = %v, %v", seqID, states, err)
+	}
+}
+
+// New rejects bad options with errors wrapping inbox.ErrInvalidConfig,
+// before touching the server.
+func TestNewValidates(t *testing.T) {
+	t.Parallel()
+	var js jetstream.JetStream = nil
+	ok := inboxnats.Options{Stream: "S", Durable: "D"}
+	client := new(inbox.Client)
+	for name, o := range map[string]func(*inboxnats.Options){
+		"no stream":        func(o *inboxnats.Options) { o.Stream = "" },
+		"dotted durable":   func(o *inboxnats.Options) { o.Durable = "a.b" },
+		"batch too large":  func(o *inboxnats.Options) { o.BatchSize = inboxnats.MaxBatchSize + 1 },
+		"negative batch":   func(o *inboxnats.Options) { o.BatchSize = -1 },
+		"short fetch wait": func(o *inboxnats.Options) { o.FetchWait = time.Millisecond },
+		"short ack wait":   func(o *inboxnats.Options) { o.AckWait = 500 * time.Millisecond },
+		"ack wait <= fetch wait": func(o *inboxnats.Options) {
+			o.AckWait, o.FetchWait = 2*time.Second, 2*time.Second
+		},
+		"backoff over max": func(o *inboxnats.Options) { o.RetryBackoff, o.MaxRetryBackoff = time.Second, time.Millisecond },
+		"two id sources": func(o *inboxnats.Options) {
+			o.IDHeader, o.IDOf = "X", func(jetstream.Msg) (uuid.UUID, error) { return uuid.Nil, nil }
+		},
+		"two type sources": func(o *inboxnats.Options) {
+			o.TypeHeader, o.TypeOf = "X", func(jetstream.Msg) (string, error) { return "", nil }
+		},
+		"blank mapped type": func(o *inboxnats.Options) { o.Types = map[string]string{"a": " "} },
+		"blank filter":      func(o *inboxnats.Options) { o.FilterSubjects = []string{""} },
+	} {
+		opts := ok
+		o(&opts)
+		js := js
+		if name != "no stream" {
+			js = fakeJS{}
+		}
+		_, err := inboxnats.New(context.Background(), js, client, opts)
+		if !errors.Is(err, inbox.ErrInvalidConfig) {
+			t.Errorf("%s: New = %v, want ErrInvalidConfig", name, err)
+		}
+	}
+	if _, err := inboxnats.New(context.Background(), nil, client, ok); !errors.Is(err, inbox.ErrInvalidConfig) {
+		t.Errorf("nil JetStream: %v", err)
+	}
+	if _, err := inboxnats.New(context.Background(), fakeJS{}, nil, ok); !errors.Is(err, inbox.ErrInvalidConfig) {
+		t.Errorf("nil client: %v", err)
+	}
+}
+
+// fakeJS is a JetStream that New must not reach when the options are bad.
+type fakeJS struct{ jetstream.JetStream }
+
+// Nats-Msg-Id may carry the event id, a header the event type, and IDOf
+// and TypeOf replace both.
+func TestMappingHeadersAndFuncs(t *testing.T) {
+	t.Parallel()
+	for _, funcs := range []bool{false, true} {
+		t.Run(map[bool]string{false: "headers", true: "funcs"}[funcs], func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t)...)
+			id := uuid.New()
+			m := nats.NewMsg(e.subject("other"))
+			m.Header.Set(nats.MsgIdHdr, id.String())
+			m.Header.Set("Event-Type", "order")
+			m.Data = []byte("by header")
+			e.publish(m)
+			e.consumer(ib.Client(), e.options(func(o *inboxnats.Options) {
+				o.Types, o.IDHeader = nil, ""
+				if funcs {
+					o.IDOf = func(m jetstream.Msg) (uuid.UUID, error) { return uuid.Parse(m.Headers().Get(nats.MsgIdHdr)) }
+					o.TypeOf = func(m jetstream.Msg) (string, error) { return m.Headers().Get("Event-Type"), nil }
+				} else {
+					o.IDHeader, o.TypeHeader = nats.MsgIdHdr, "Event-Type"
+				}
+			}))
+			testenv.Eventually(t, time.Minute, "the event handled", func() (bool, error) {
+				return e.runs.distinct() == 1, nil
+			})
+			states, err := ib.Lookup(context.Background(), id)
+			if err != nil || len(states) != 1 || states[0].EventType != "order" {
+				t.Fatalf("Lookup(Nats-Msg-Id) = %v, %v; want one order row", states, err)
+			}
+			e.settled(time.Minute)
+		})
+	}
+}
