@@ -43,7 +43,13 @@ func (w *worker) maintainLoop() {
 		case <-w.ctx.Done():
 			return
 		case <-beat.C:
-			w.maintain(w.beat(w.ctx), "")
+			// A heartbeat cancelled in flight could still commit after
+			// Stop deleted the worker's row (a cancel request does not
+			// stop a statement the server has started), leaving a live
+			// heartbeat behind: it runs to its end, within a lease.
+			bctx, cancel := context.WithTimeout(context.WithoutCancel(w.ctx), w.cfg.lease)
+			w.maintain(w.beat(bctx), "")
+			cancel()
 			w.maintain(foldCounts(w.ctx, w.db), "fold the table's counters")
 			_, err := w.db.exec(w.ctx, workerPruneSQL)
 			w.maintain(err, "prune worker heartbeats")
