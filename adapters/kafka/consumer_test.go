@@ -356,9 +356,6 @@ func TestRebalanceWhileSetFails(t *testing.T) {
 // inbox rows, beside the floor of the broker alone (poll and commit, no
 // inbox), in the same run.
 func TestThroughput(t *testing.T) {
-	if testing.Short() {
-		t.Skip("throughput: not in -short")
-	}
 	const topic, n = "events", 20000
 	seeds := cluster(t, 4, topic)
 	pool := testenv.MigratedPool(t)
