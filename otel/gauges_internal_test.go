@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 var twoPairs = []inbox.HandlerStats{
@@ -41,9 +42,7 @@ func TestStatsReadOncePerTTL(t *testing.T) {
 			}
 		})
 	}
-	for reads.Load() == 0 { // wait for the read to start
-		time.Sleep(time.Millisecond)
-	}
+	testenv.Eventually(t, 10*time.Second, "the read to start", func() (bool, error) { return reads.Load() > 0, nil })
 	close(release)
 	wg.Wait()
 	if _, ok := c.get(context.Background()); !ok {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pginbox/inbox/internal/pgserver"
+	"github.com/pginbox/inbox/internal/testenv"
 )
 
 // keyMetrics are the series names the example must export, whatever the
@@ -77,15 +78,11 @@ func TestExample(t *testing.T) {
 
 	var sc scrape
 	var missing []string
-	deadline := time.Now().Add(time.Minute)
-	for {
+	_ = testenv.Poll(time.Minute, func() (bool, error) {
 		sc = scrapeMetrics(t, "http://"+addr+"/metrics")
 		missing = sc.missing(keyMetrics, dash)
-		if len(missing) == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return len(missing) == 0, nil
+	})
 	if len(missing) > 0 {
 		t.Errorf("not in the scrape after a minute:\n  %s", strings.Join(missing, "\n  "))
 	}
