@@ -8,7 +8,6 @@ import (
 	"hash/crc64"
 	"log/slog"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -219,21 +218,30 @@ func (c *Client) plan(records []*Record) (*setPlan, error) {
 	if len(records) == 0 {
 		return p, ErrNoRecords
 	}
-	var unknown map[string]int
+	var (
+		unknownTypes     map[string]int
+		invalid, unknown []int
+		errs             []error
+	)
 	p.skipped = make([]bool, len(records))
 	p.conflict = make([]bool, len(records))
 	for i, r := range records {
 		if err := r.validate(); err != nil {
-			return p, fmt.Errorf("record %d: %w", i, err)
+			invalid, errs = append(invalid, i), append(errs, err)
+			continue
 		}
 		rs, ok := c.routes.byType[r.eventType]
 		if !ok {
-			if unknown == nil {
-				unknown = make(map[string]int)
+			if unknownTypes == nil {
+				unknownTypes = make(map[string]int)
 			}
-			unknown[r.eventType]++
+			unknownTypes[r.eventType]++
+			unknown = append(unknown, i)
 			p.skipped[i] = true
 			continue
+		}
+		if invalid != nil {
+			continue // the call fails: spare the rows
 		}
 		h := payloadHash(r.eventType, r.payload)
 		payload := r.payload
@@ -244,17 +252,14 @@ func (c *Client) plan(records []*Record) (*setPlan, error) {
 			p.rows = append(p.rows, setRow{id: r.id, route: ro, record: i, hash: h, payload: payload, date: r.eventDate, trace: r.trace})
 		}
 	}
-	if len(unknown) > 0 {
-		names := make([]string, 0, len(unknown))
-		for t, n := range unknown {
-			names = append(names, fmt.Sprintf("%q (%d)", t, n))
+	if c.unknown != RejectUnknown {
+		if len(unknown) > 0 {
+			c.logger.Debug("inbox: skipped records of unregistered event types", "event_types", typeCounts(unknownTypes))
 		}
-		sort.Strings(names)
-		if c.unknown == RejectUnknown {
-			return p, fmt.Errorf("%w: %s; nothing was stored. Register a handler with Registry.On, or pass WithUnknownEventTypes(SkipUnknown) to skip such records",
-				ErrUnknownEventType, strings.Join(names, ", "))
-		}
-		c.logger.Debug("inbox: skipped records of unregistered event types", "event_types", strings.Join(names, ", "))
+		unknown, unknownTypes = nil, nil
+	}
+	if len(invalid) > 0 || len(unknown) > 0 {
+		return p, newRecordsError(records, invalid, errs, unknown, unknownTypes)
 	}
 	// One global order of rows makes concurrent Sets deadlock-free. Of
 	// repeated rows the earliest record's comes first.

@@ -3,6 +3,7 @@ package inbox
 import (
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/google/uuid"
@@ -148,6 +149,76 @@ func (e *ConflictError) Error() string {
 
 // Unwrap returns [ErrConflictingDuplicate].
 func (e *ConflictError) Unwrap() error { return ErrConflictingDuplicate }
+
+// RecordsError is the error of a Set that refused some of its records
+// for what they are: invalid records (their errors wrap
+// [ErrInvalidRecord]) and, under [RejectUnknown], records of event types
+// with no handler ([ErrUnknownEventType]). Nothing of the call was
+// written. A consumer can move the records at Indexes aside (to a
+// dead-letter queue, say) and set the others again. errors.Is sees each
+// record's error through it.
+type RecordsError struct {
+	// Indexes are the positions of the refused records in the call,
+	// ascending.
+	Indexes []int
+	// Errs are the refused records' errors, in the order of Indexes.
+	Errs []error
+
+	msg string
+}
+
+// maxRecordErrors bounds how many invalid records RecordsError's message
+// describes.
+const maxRecordErrors = 5
+
+// newRecordsError builds the error of refused records, whose invalid ones
+// are at invalid (ascending) and whose records of unknown event types are
+// at unknown (ascending), counted by type in unknownTypes. An invalid
+// record's error is errs[i] for invalid[i].
+func newRecordsError(records []*Record, invalid []int, errs []error, unknown []int, unknownTypes map[string]int) *RecordsError {
+	e := &RecordsError{Indexes: make([]int, 0, len(invalid)+len(unknown)), Errs: make([]error, 0, len(invalid)+len(unknown))}
+	var parts []string
+	for k, i := range invalid[:min(len(invalid), maxRecordErrors)] {
+		parts = append(parts, fmt.Sprintf("record %d: %v", i, errs[k]))
+	}
+	if len(invalid) > maxRecordErrors {
+		parts = append(parts, fmt.Sprintf("and %d more invalid records", len(invalid)-maxRecordErrors))
+	}
+	if len(unknown) > 0 {
+		parts = append(parts, fmt.Sprintf("%v: %s; nothing was stored. Register a handler with Registry.On, or pass WithUnknownEventTypes(SkipUnknown) to skip such records",
+			ErrUnknownEventType, typeCounts(unknownTypes)))
+	}
+	e.msg = strings.Join(parts, "; ")
+	// Merge the two ascending lists.
+	for a, b := 0, 0; a < len(invalid) || b < len(unknown); {
+		if b == len(unknown) || (a < len(invalid) && invalid[a] < unknown[b]) {
+			e.Indexes, e.Errs = append(e.Indexes, invalid[a]), append(e.Errs, fmt.Errorf("record %d: %w", invalid[a], errs[a]))
+			a++
+			continue
+		}
+		i := unknown[b]
+		e.Indexes, e.Errs = append(e.Indexes, i), append(e.Errs, fmt.Errorf("record %d: %w %q", i, ErrUnknownEventType, records[i].eventType))
+		b++
+	}
+	return e
+}
+
+// typeCounts lists event types with their counts, sorted: "a" (2), "b" (1).
+func typeCounts(counts map[string]int) string {
+	names := make([]string, 0, len(counts))
+	for t, n := range counts {
+		names = append(names, fmt.Sprintf("%q (%d)", t, n))
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}
+
+// Error describes the first few invalid records and counts the records of
+// each unknown event type.
+func (e *RecordsError) Error() string { return e.msg }
+
+// Unwrap returns the records' errors.
+func (e *RecordsError) Unwrap() []error { return e.Errs }
 
 // PanicError is the failure recorded when a handler panics. The worker
 // recovers the panic, records this error as the attempt's failure and goes on.

@@ -108,9 +108,8 @@ func (r *Record) validate() error {
 	if r.eventDate.IsZero() {
 		return fmt.Errorf("%w: event %s has no event date; build records with NewRecord", ErrInvalidRecord, r.id)
 	}
-	if len(r.trace) > MaxTraceContextLength || !utf8.ValidString(r.trace) || strings.ContainsRune(r.trace, 0) {
-		return fmt.Errorf("%w: event %s: trace context of %d bytes is longer than %d (MaxTraceContextLength) or not text",
-			ErrInvalidRecord, r.id, len(r.trace), MaxTraceContextLength)
+	if err := ValidateTraceContext(r.trace); err != nil {
+		return fmt.Errorf("event %s: %w", r.id, err)
 	}
 	if y := r.eventDate.UTC().Year(); y < 1 || y > 9999 {
 		return fmt.Errorf("%w: event %s: event date %s is outside the years 1 to 9999",

@@ -3,6 +3,8 @@ package inbox_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -69,6 +71,84 @@ func TestSetResultAndConflicts(t *testing.T) {
 	}
 	if n := logs.Count("conflicting duplicate", second.String()); n != 2 {
 		t.Fatalf("%d warnings name %s, want one per call:\n%s", n, second, logs)
+	}
+}
+
+// A Set refusing records names every refused record by its position in a
+// RecordsError, so a consumer can move exactly those aside: invalid records
+// always, records of unknown types only under RejectUnknown. Nothing is
+// written, and the rest of the call stores as it is once they are gone.
+func TestRecordsErrorNamesEveryRefusedRecord(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testenv.MigratedPool(t)
+	reg := inbox.NewRegistry()
+	reg.On("order", inbox.HandlerFunc("a", badNoop))
+	overlong := testenv.Record(t, uuid.New(), "order", "x").WithTraceContext(strings.Repeat("t", inbox.MaxTraceContextLength+1))
+	records := []*inbox.Record{
+		testenv.Record(t, uuid.New(), "order", "ok"),
+		nil,
+		testenv.Record(t, uuid.New(), "payment", ""),
+		testenv.Record(t, uuid.New(), "order", "ok"),
+		overlong,
+		{},
+		testenv.Record(t, uuid.New(), "payment", ""),
+	}
+	for _, tc := range []struct {
+		policy inbox.UnknownEventTypes
+		want   []int
+	}{
+		{inbox.RejectUnknown, []int{1, 2, 4, 5, 6}},
+		{inbox.SkipUnknown, []int{1, 4, 5}},
+	} {
+		var before int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM inbox_records`).Scan(&before); err != nil {
+			t.Fatal(err)
+		}
+		ib, err := inbox.New(pool, reg, inbox.WithUnknownEventTypes(tc.policy))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = ib.Client().Set(ctx, records...)
+		var re *inbox.RecordsError
+		if !errors.As(err, &re) || !slices.Equal(re.Indexes, tc.want) || len(re.Errs) != len(tc.want) {
+			t.Fatalf("policy %v: Set = %v (%#v), want a RecordsError naming records %v", tc.policy, err, re, tc.want)
+		}
+		if !errors.Is(err, inbox.ErrInvalidRecord) || errors.Is(err, inbox.ErrUnknownEventType) != (tc.policy == inbox.RejectUnknown) {
+			t.Fatalf("policy %v: %v does not wrap the sentinels of its records", tc.policy, err)
+		}
+		for k, i := range re.Indexes {
+			if want := fmt.Sprintf("record %d: ", i); !strings.HasPrefix(re.Errs[k].Error(), want) {
+				t.Fatalf("error of record %d = %q, want it to start %q", i, re.Errs[k], want)
+			}
+		}
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM inbox_records`).Scan(&n); err != nil || n != before {
+			t.Fatalf("policy %v: %d rows written (%v), want none", tc.policy, n-before, err)
+		}
+		var rest []*inbox.Record
+		for i, r := range records {
+			if !slices.Contains(re.Indexes, i) {
+				rest = append(rest, r)
+			}
+		}
+		res, err := ib.Client().SetWithResult(ctx, rest...)
+		if err != nil || res.New+res.Duplicates != 2 {
+			t.Fatalf("policy %v: Set of the rest = %+v, %v; want the two good records stored", tc.policy, res, err)
+		}
+	}
+	if err := inbox.ValidateTraceContext(overlong.TraceContext()); !errors.Is(err, inbox.ErrInvalidRecord) {
+		t.Fatalf("ValidateTraceContext(%d bytes) = %v, want ErrInvalidRecord", len(overlong.TraceContext()), err)
+	}
+	for _, tc := range []string{"", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"} {
+		if err := inbox.ValidateTraceContext(tc); err != nil {
+			t.Fatalf("ValidateTraceContext(%q) = %v, want nil", tc, err)
+		}
+	}
+	for _, tc := range []string{"a\x00b", "\xff"} {
+		if err := inbox.ValidateTraceContext(tc); !errors.Is(err, inbox.ErrInvalidRecord) {
+			t.Fatalf("ValidateTraceContext(%q) = %v, want ErrInvalidRecord", tc, err)
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package inbox
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"unicode/utf8"
@@ -10,6 +11,19 @@ import (
 // MaxTraceContextLength is the longest trace context stored with a row,
 // in bytes; a longer one (an oversized tracestate) is not stored.
 const MaxTraceContextLength = 1024
+
+// ValidateTraceContext reports whether tc can be a record's own trace
+// context ([Record.WithTraceContext]): at most [MaxTraceContextLength]
+// bytes of valid UTF-8 without NUL. Its error wraps [ErrInvalidRecord]. A
+// consumer that reads trace contexts from messages can check one here and
+// drop it, rather than have Set refuse the record.
+func ValidateTraceContext(tc string) error {
+	if len(tc) > MaxTraceContextLength || !utf8.ValidString(tc) || strings.ContainsRune(tc, 0) {
+		return fmt.Errorf("%w: trace context of %d bytes is longer than %d (MaxTraceContextLength) or not text",
+			ErrInvalidRecord, len(tc), MaxTraceContextLength)
+	}
+	return nil
+}
 
 // Propagator carries a trace across the inbox: the trace context of the
 // code that calls Set is stored with each row it inserts, and the handler
@@ -87,7 +101,7 @@ func (c *Client) traceOf(ctx context.Context) *string {
 	if s == "" {
 		return nil
 	}
-	if len(s) > MaxTraceContextLength || !utf8.ValidString(s) || strings.ContainsRune(s, 0) {
+	if ValidateTraceContext(s) != nil {
 		c.logger.Debug("inbox: trace context not stored: longer than MaxTraceContextLength or not text", "bytes", len(s))
 		return nil
 	}
