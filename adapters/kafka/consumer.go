@@ -374,11 +374,13 @@ func (c *Consumer) deadLetter(ctx context.Context, items []*item) error {
 // commit failed, except for partitions revoked meanwhile.
 func (c *Consumer) commit(ctx context.Context, items []*item) error {
 	c.mu.Lock()
+	kept := 0 // items of partitions still ours
 	for _, it := range items {
 		p := partitionOf(it.kr)
 		if c.revoked[p] {
 			continue
 		}
+		kept++
 		if prev := c.pending[p]; prev == nil || prev.Offset < it.kr.Offset {
 			c.pending[p] = it.kr
 		}
@@ -395,7 +397,7 @@ func (c *Consumer) commit(ctx context.Context, items []*item) error {
 		c.stats.commitFailures.Add(1)
 		return fmt.Errorf("commit offsets: %w", err)
 	}
-	c.stats.committed.Add(int64(len(items)))
+	c.stats.committed.Add(int64(kept))
 	c.mu.Lock()
 	for _, r := range recs {
 		if c.pending[partitionOf(r)] == r {

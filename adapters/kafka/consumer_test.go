@@ -2,7 +2,6 @@ package inboxkafka_test
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -221,78 +220,6 @@ func TestRebalanceMidStream(t *testing.T) {
 	t.Logf("first %+v; second %+v", a, b)
 }
 
-// TestKilledBeforeCommit: a consumer that stops after its Set and before
-// its offset commit leaves the batch uncommitted; the next consumer reads
-// it again, the inbox ignores it, and every event is stored once.
-func TestKilledBeforeCommit(t *testing.T) {
-	const topic, group, n = "refunds", "inbox", 2000
-	seeds := cluster(t, 4, topic)
-	pool := testenv.MigratedPool(t)
-	ib, runs := startInbox(t, pool, topic)
-	ids := make(map[uuid.UUID]bool, n)
-	recs := make([]*kgo.Record, 0, n)
-	for range n {
-		id := uuid.New()
-		ids[id] = true
-		recs = append(recs, event(topic, id))
-	}
-	produce(t, seeds, recs)
-	opts := inboxkafka.Options{
-		Seeds: seeds, Group: group, Topics: []string{topic}, IDHeader: idHeader, MaxPollRecords: 100,
-		Logger: testenv.Logger(t),
-	}
-	first, err := inboxkafka.New(ib.Client(), opts, fastGroup()...)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	var calls atomic.Int64
-	killed := errors.New("killed")
-	ctx, cancel := context.WithCancel(context.Background())
-	inboxkafka.SetBeforeCommit(first, func() error {
-		if calls.Add(1) == 5 {
-			cancel() // stop here: the fifth batch is stored, not committed
-			return killed
-		}
-		return nil
-	})
-	r := runCtx(t, ctx, cancel, first)
-	select {
-	case err := <-r.done:
-		close(r.done)
-		if err != nil {
-			t.Fatalf("Run: %v", err)
-		}
-	case <-time.After(within):
-		t.Fatal("the first consumer did not stop")
-	}
-	a := first.Stats()
-	if a.Stored <= a.Committed {
-		t.Fatalf("first %+v: want more stored than committed", a)
-	}
-
-	second, err := inboxkafka.New(ib.Client(), opts, fastGroup()...)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	run(t, second)
-	adm := kadm.NewClient(kafkaClient(t, seeds))
-	ctx = context.Background()
-	testenv.Eventually(t, within, "offsets committed to the end", func() (bool, error) {
-		return committedAtEnd(ctx, adm, group, topic)
-	})
-	testenv.Eventually(t, within, "every handler run once", func() (bool, error) { return runs.check(ids) })
-	if got, err := stored(ctx, pool); err != nil || got != n {
-		t.Fatalf("stored %d events (%v), want %d", got, err, n)
-	}
-	b := second.Stats()
-	if b.Duplicates < a.Stored-a.Committed {
-		t.Errorf("second %+v: want at least the %d records stored and not committed as duplicates", b, a.Stored-a.Committed)
-	}
-	if a.Stored+b.Stored != n {
-		t.Errorf("stored %d + %d, want %d", a.Stored, b.Stored, n)
-	}
-}
-
 // TestRebalanceWhileSetFails: a batch that cannot be stored holds a
 // rebalance for MaxBlockRebalance only; a consumer that joins meanwhile
 // gets partitions, nothing is committed while the database is away, and
@@ -350,66 +277,4 @@ func TestRebalanceWhileSetFails(t *testing.T) {
 		t.Fatalf("stored %d events (%v), want %d", got, err, n)
 	}
 	t.Logf("first %+v; second %+v", first.Stats(), second.Stats())
-}
-
-// TestThroughput measures records per second from a topic into committed
-// inbox rows, beside the floor of the broker alone (poll and commit, no
-// inbox), in the same run.
-func TestThroughput(t *testing.T) {
-	const topic, n = "events", 20000
-	seeds := cluster(t, 4, topic)
-	pool := testenv.MigratedPool(t)
-	ib, _ := startInbox(t, pool, topic)
-	recs := make([]*kgo.Record, 0, n)
-	for range n {
-		recs = append(recs, event(topic, uuid.New()))
-	}
-	produce(t, seeds, recs)
-	adm := kadm.NewClient(kafkaClient(t, seeds))
-	ctx := context.Background()
-
-	// The floor: the same group settings, poll and commit only.
-	started := time.Now()
-	floor, err := kgo.NewClient(append(fastGroup(), kgo.SeedBrokers(seeds...), kgo.ConsumerGroup("floor"),
-		kgo.ConsumeTopics(topic), kgo.DisableAutoCommit(), kgo.BlockRebalanceOnPoll())...)
-	if err != nil {
-		t.Fatalf("floor: %v", err)
-	}
-	defer floor.CloseAllowingRebalance()
-	pctx, cancel := context.WithTimeout(ctx, within)
-	defer cancel()
-	for done := 0; done < n; {
-		fs := floor.PollRecords(pctx, inboxkafka.DefaultMaxPollRecords)
-		if err := pctx.Err(); err != nil {
-			t.Fatalf("floor: poll: %v after %d records", err, done)
-		}
-		rs := fs.Records()
-		if len(rs) > 0 {
-			if err := floor.CommitRecords(ctx, rs...); err != nil {
-				t.Fatalf("floor: commit: %v", err)
-			}
-		}
-		done += len(rs)
-		floor.AllowRebalance()
-	}
-	floorTime := time.Since(started)
-
-	started = time.Now()
-	c, err := inboxkafka.New(ib.Client(), inboxkafka.Options{
-		Seeds: seeds, Group: "inbox", Topics: []string{topic}, IDHeader: idHeader, Logger: testenv.Logger(t),
-	}, fastGroup()...)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	run(t, c)
-	testenv.Eventually(t, within, "offsets committed to the end", func() (bool, error) {
-		return committedAtEnd(ctx, adm, "inbox", topic)
-	})
-	inboxTime := time.Since(started)
-	if got, err := stored(ctx, pool); err != nil || got != n {
-		t.Fatalf("stored %d events (%v), want %d", got, err, n)
-	}
-	t.Logf("%d records, batches of %d, 4 partitions: broker alone %.0f records/s (%v); into the inbox %.0f records/s (%v), %d batches",
-		n, inboxkafka.DefaultMaxPollRecords, n/floorTime.Seconds(), floorTime.Round(time.Millisecond),
-		n/inboxTime.Seconds(), inboxTime.Round(time.Millisecond), c.Stats().Batches)
 }

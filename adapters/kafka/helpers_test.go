@@ -24,7 +24,17 @@ import (
 	"github.com/pginbox/inbox/internal/testenv"
 )
 
+// TestMain runs the tests, or, in a process StartChild started, a
+// crash-test child (runChild).
 func TestMain(m *testing.M) {
+	var spec childSpec
+	if child, err := testenv.ChildSpec(childEnv, &spec); child {
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "child spec: %v\n", err)
+			os.Exit(2)
+		}
+		os.Exit(runChild(spec))
+	}
 	os.Exit(testenv.Main(m, "inboxkafka", testenv.InboxCode, testenv.PgxPool,
 		"github.com/pginbox/inbox/adapters/kafka", "franz-go/pkg/kgo.", "franz-go/pkg/kfake."))
 }
@@ -33,10 +43,12 @@ func TestMain(m *testing.M) {
 const within = 90 * time.Second
 
 // cluster starts an in-process Kafka cluster whose topics have partitions
-// partitions each; it is closed when t ends.
+// partitions each, and whose groups accept session timeouts down to a
+// second (see crashGroup); it is closed when t ends.
 func cluster(t testing.TB, partitions int32, topics ...string) []string {
 	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topics...))
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topics...),
+		kfake.GroupMinSessionTimeout(time.Second))
 	if err != nil {
 		t.Fatalf("kfake: %v", err)
 	}
@@ -199,14 +211,9 @@ type running struct {
 	done   chan error
 }
 
-// run starts c.Run; stop ends it.
+// run starts c.Run; stop ends it, as does the end of t.
 func run(t testing.TB, c *inboxkafka.Consumer) *running {
 	ctx, cancel := context.WithCancel(context.Background())
-	return runCtx(t, ctx, cancel, c)
-}
-
-// runCtx starts c.Run with ctx, which cancel ends; stop ends it.
-func runCtx(t testing.TB, ctx context.Context, cancel context.CancelFunc, c *inboxkafka.Consumer) *running {
 	r := &running{c: c, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- c.Run(ctx) }()
 	t.Cleanup(func() { r.stop(t) })

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,80 +14,106 @@ import (
 	"github.com/pginbox/inbox/internal/testenv"
 )
 
-// benchMessages is how many messages one benchmark iteration moves.
-const benchMessages = 10_000
+// benchBatch is the batch size of both sides of BenchmarkThroughput.
+const benchBatch = inboxnats.DefaultBatchSize
 
-// benchRound publishes benchMessages new messages with the timer stopped,
-// then times until done reports that all of them are through.
-func benchRound(b *testing.B, e *env, done func(total int64) bool) {
-	var total int64
-	for b.Loop() {
-		b.StopTimer()
-		msgs := make([]*nats.Msg, benchMessages)
-		for i := range msgs {
-			msgs[i] = e.msg("order", "", fmt.Sprint("payload of about this size ", i))
-		}
-		e.publish(msgs...)
-		total += benchMessages
-		b.StartTimer()
-		if err := testenv.Poll(5*time.Minute, func() (bool, error) { return done(total), nil }); err != nil {
-			b.Fatal(err)
-		}
+// BenchmarkThroughput measures messages per second from a JetStream stream
+// into committed inbox rows, acked (one handler, so one row per message;
+// the inbox is not started, so no worker competes with the Sets), beside
+// the broker's own consume-and-ack rate without the inbox in the same run:
+// the same fetches of benchBatch and double acks, 32 in flight, as the
+// Consumer sends them. Each turn has a stream, durable and schema of its
+// own; publishing and schema creation are not timed.
+//
+//	go test -run '^$' -bench Throughput -benchtime 20000x
+func BenchmarkThroughput(b *testing.B) {
+	testenv.CompareThroughput(b, 5, b.N, benchFloor, benchInbox)
+}
+
+// benchEnv is an env whose stream holds n messages of event type "order",
+// with ids from their stream sequences.
+func benchEnv(b *testing.B, n int) *env {
+	e := newEnv(b)
+	msgs := make([]*nats.Msg, n)
+	for i := range msgs {
+		msgs[i] = e.msg("order", "", fmt.Sprint("payload of about this size ", i))
 	}
-	b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "msgs/s")
+	e.publish(msgs...)
+	return e
 }
 
-// BenchmarkInbox: messages per second from the stream into committed
-// inbox rows (one handler, so one row per message) and acked, batches of
-// DefaultBatchSize. No workers run.
-func BenchmarkInbox(b *testing.B) {
-	e := newEnv(b)
-	c := e.consumer(e.writer(e.pool), e.options(func(o *inboxnats.Options) { o.IDHeader = "" }))
-	benchRound(b, e, func(total int64) bool { return c.Stats().Acked >= total })
-}
-
-// BenchmarkFloor: the broker's own floor, the same fetches and double
-// acks (32 in flight, as the Consumer sends them) without the inbox.
-func BenchmarkFloor(b *testing.B) {
-	e := newEnv(b)
-	cons, err := e.js.CreateOrUpdateConsumer(context.Background(), e.stream, jetstream.ConsumerConfig{
-		Durable: e.durable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: inboxnats.DefaultAckWait, MaxDeliver: -1,
+// benchFloor times fetching and double-acking n messages with the plain
+// client.
+func benchFloor(b *testing.B, n int) time.Duration {
+	e := benchEnv(b, n)
+	ctx := context.Background()
+	cons, err := e.js.CreateOrUpdateConsumer(ctx, e.stream, jetstream.ConsumerConfig{
+		Durable: e.durable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: inboxnats.DefaultAckWait,
+		MaxDeliver: -1, MaxAckPending: inboxnats.MaxBatchSize,
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
-	var acked atomic.Int64
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan struct{})
-	ackAll := func(batch jetstream.MessageBatch) int {
-		var wg sync.WaitGroup
-		sem := make(chan struct{}, 32) // as the Consumer acks
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			sem <- struct{}{}
-			wg.Go(func() {
-				defer func() { <-sem }()
-				if m.DoubleAck(ctx) == nil {
-					acked.Add(1)
-				}
-			})
+	start := time.Now()
+	for acked := 0; acked < n; {
+		batch, err := cons.FetchNoWait(benchBatch)
+		if err != nil {
+			b.Fatal(err)
 		}
-		wg.Wait()
-		return n
+		got := ackAll(ctx, b, batch)
+		if got == 0 {
+			b.Fatalf("no message to fetch with %d of %d acked", acked, n)
+		}
+		acked += got
 	}
-	go func() {
-		defer close(stopped)
-		for ctx.Err() == nil {
-			batch, err := cons.FetchNoWait(inboxnats.DefaultBatchSize)
-			if err == nil && ackAll(batch) > 0 {
-				continue
+	return time.Since(start)
+}
+
+// ackAll double-acks a batch's messages, 32 in flight as the Consumer
+// sends them, and returns how many there were.
+func ackAll(ctx context.Context, b *testing.B, batch jetstream.MessageBatch) int {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	n := 0
+	for m := range batch.Messages() {
+		n++
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := m.DoubleAck(ctx); err != nil {
+				b.Error(err)
 			}
-			if batch, err = cons.Fetch(1, jetstream.FetchMaxWait(100*time.Millisecond)); err == nil {
-				ackAll(batch)
-			}
-		}
-	}()
-	defer func() { cancel(); <-stopped }()
-	benchRound(b, e, func(total int64) bool { return acked.Load() >= total })
+		})
+	}
+	wg.Wait()
+	if b.Failed() {
+		b.FailNow()
+	}
+	return n
+}
+
+// benchInbox times a Consumer storing n messages into committed rows until
+// it has acked them all.
+func benchInbox(b *testing.B, n int) time.Duration {
+	e := benchEnv(b, n)
+	c, err := inboxnats.New(context.Background(), e.js, e.writer(e.pool), e.options(func(o *inboxnats.Options) {
+		o.IDHeader, o.BatchSize = "", benchBatch
+	}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- c.Run(ctx) }()
+	err = testenv.Poll(5*time.Minute, func() (bool, error) { return c.Stats().Acked >= int64(n), nil })
+	d := time.Since(start)
+	cancel()
+	if runErr := <-done; err != nil || runErr != nil {
+		b.Fatalf("waiting for %d acks: %v; Run: %v; %+v", n, err, runErr, c.Stats())
+	}
+	if rows := e.rows(); rows != n {
+		b.Fatalf("%d rows stored, want %d", rows, n)
+	}
+	return d
 }

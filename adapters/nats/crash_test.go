@@ -2,16 +2,15 @@ package inboxnats_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -22,14 +21,23 @@ import (
 	"github.com/pginbox/inbox/internal/testenv"
 )
 
-// childEnv, when set to "URL schema stream durable", makes the test
-// binary a crash-test child (see runChild).
+// childEnv, when set to the JSON of a childSpec, makes the test binary a
+// crash-test child (see runChild).
 const childEnv = "INBOXNATS_CRASH_CHILD"
 
 // crashBatch is the batch size of the crash test's consumers.
 const crashBatch = 100
 
-// crashOptions are the options of the crash test's consumers.
+// childSpec tells a crash-test child where to consume from and store to.
+type childSpec struct {
+	URL, Schema, Stream, Durable string
+	// HangAt is the child's testenv.HangAfterSet argument.
+	HangAt int
+}
+
+// crashOptions are the options of the crash test's consumers: the
+// shortest ack wait, so that the deliveries of a killed child come back
+// within a second.
 func crashOptions(stream, durable string) inboxnats.Options {
 	return inboxnats.Options{
 		Stream: stream, Durable: durable, IDHeader: "Event-Id",
@@ -38,30 +46,35 @@ func crashOptions(stream, durable string) inboxnats.Options {
 	}
 }
 
-// runChild is the crash-test child's life: a Consumer whose first
-// committed Set never returns (a Set hook blocks), so the process is
-// killed between the commit and the ack. It returns only on error.
-func runChild(spec string) error {
-	f := strings.Fields(spec)
-	if len(f) != 4 {
-		return fmt.Errorf("bad spec %q", spec)
-	}
-	cfg, err := pgxpool.ParseConfig(f[0])
-	if err != nil {
-		return err
-	}
-	cfg.ConnConfig.RuntimeParams["search_path"] = f[1]
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		return err
-	}
+// effectRegistry registers for "order" one TxHandler, "effect", which
+// inserts the event id into the table effects in the transaction that
+// marks its row done. The children register it too, so that their Sets
+// store the same rows (one per event) as the final consumer.
+func effectRegistry() *inbox.Registry {
 	reg := inbox.NewRegistry()
-	reg.On("order", inbox.HandlerFunc("h", func(context.Context, []byte) error { return nil }))
-	ib, err := inbox.New(pool, reg, inbox.WithHooks(inbox.Hooks{OnSet: func(_ context.Context, e inbox.SetEvent) {
-		if e.Err == nil {
-			select {} // committed, never acked: wait for SIGKILL
-		}
-	}}))
+	reg.On("order", inbox.TxHandlerFunc("effect", func(ctx context.Context, tx pgx.Tx, _ []byte) error {
+		a, _ := inbox.AttemptFromContext(ctx)
+		_, err := tx.Exec(ctx, `INSERT INTO effects (event_id) VALUES ($1)`, a.EventID)
+		return err
+	}))
+	return reg
+}
+
+// runChild is a crash-test child's life: a Consumer storing through an
+// inbox (not started) with testenv.HangAfterSet(spec.HangAt), until it is
+// killed. It returns only on error.
+func runChild(spec childSpec) error {
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(spec.URL)
+	if err != nil {
+		return err
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = spec.Schema
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	ib, err := inbox.New(pool, effectRegistry(), testenv.HangAfterSet(spec.HangAt))
 	if err != nil {
 		return err
 	}
@@ -73,72 +86,87 @@ func runChild(spec string) error {
 	if err != nil {
 		return err
 	}
-	c, err := inboxnats.New(context.Background(), js, ib.Client(), crashOptions(f[2], f[3]))
+	c, err := inboxnats.New(ctx, js, ib.Client(), crashOptions(spec.Stream, spec.Durable))
 	if err != nil {
 		return err
 	}
-	return c.Run(context.Background())
+	if err := c.Run(ctx); err != nil {
+		return err
+	}
+	return errors.New("Run returned")
 }
 
-// A consumer process killed between the commit of a batch and its ack
-// loses nothing and stores nothing twice: the batch is redelivered and
-// ignored as duplicates, the rest stored by the next consumer.
-func TestKilledBetweenCommitAndAck(t *testing.T) {
+// crashSize is the number of messages and of kills: small in CI, large
+// with INBOX_KILL_FULL=1.
+func crashSize() (messages, rounds int) {
+	if os.Getenv("INBOX_KILL_FULL") == "1" {
+		return 10_000, 12
+	}
+	return 3_000, 6
+}
+
+// Consumer processes SIGKILLed again and again, in turns inside a Set
+// (before its commit) and holding a committed batch (before its acks),
+// lose nothing and store nothing twice: after each kill the broker counts
+// no more messages acked than events stored, a killed Set left no row and
+// a committed batch was not acked; a consumer started afterwards finishes
+// the stream with every event stored once, its handler's effect written
+// once per event, and nothing pending or unacked on the broker.
+func TestKilledRepeatedly(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	const n = 500
-	msgs, payloads := orders(e, n)
+	if _, err := e.pool.Exec(context.Background(), `CREATE TABLE effects (event_id uuid NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	total, rounds := crashSize()
+	msgs := make([]*nats.Msg, total)
+	for i := range msgs {
+		msgs[i] = e.msg("order", uuid.NewString(), fmt.Sprint("p", i))
+	}
 	e.publish(msgs...)
 
-	cmd := exec.Command(os.Args[0]) // TestMain sees childEnv and runs runChild
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %s %s", childEnv, testenv.URL(), e.schema, e.stream, e.durable))
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	kr := testenv.KillRounds{
+		Pool:   e.pool,
+		Total:  total,
+		Rounds: rounds,
+		Start: func(t testing.TB, _, hangAt int) *testenv.Child {
+			return testenv.StartChild(t, childEnv, childSpec{
+				URL: testenv.URL(), Schema: e.schema, Stream: e.stream, Durable: e.durable, HangAt: hangAt,
+			})
+		},
+		// JetStream counts a killed child's deliveries as ack pending
+		// until their ack wait ends, then redelivers them: either way
+		// they are unacked.
+		Unacked: func() (int, error) {
+			info, err := e.consumerInfo()
+			if err != nil {
+				return 0, err
+			}
+			return int(info.NumPending) + info.NumAckPending, nil
+		},
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	err := testenv.Poll(30*time.Second, func() (bool, error) {
-		select {
-		case err := <-exited:
-			return false, fmt.Errorf("child exited early: %v\n%s", err, out.String())
-		default:
-		}
-		return e.rows() > 0, nil
-	})
-	if err != nil {
-		_ = cmd.Process.Kill()
-		<-exited
-		t.Fatal(err)
-	}
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-exited; err == nil || !strings.Contains(err.Error(), "killed") {
-		t.Fatalf("child exit = %v, want killed", err)
-	}
-	committed := e.rows()
-	if info := e.info(); committed == 0 || info.AckFloor.Stream != 0 || info.NumAckPending == 0 {
-		t.Fatalf("after the kill: %d rows, ack floor %+v, %d unacked; want rows committed and none acked",
-			committed, info.AckFloor, info.NumAckPending)
-	}
+	kr.Run(t)
 
-	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t)...)
+	ib := testenv.Start(t, context.Background(), e.pool, effectRegistry(), testenv.Fast(t)...)
 	o := crashOptions(e.stream, e.durable)
 	o.Logger = testenv.Logger(t)
 	c := e.consumer(ib.Client(), o)
-	testenv.Eventually(t, time.Minute, "every event handled after the restart", func() (bool, error) {
-		return e.runs.distinct() == n, nil
+	testenv.Eventually(t, 3*time.Minute, "every event done", func() (bool, error) {
+		counts, err := ib.Counts(context.Background())
+		return counts[inbox.Done] == total, err
 	})
 	e.settled(time.Minute)
-	if bad, distinct := e.runs.check(payloads); bad != "" || distinct != n {
-		t.Fatalf("%s; %d distinct events handled, want %d", bad, distinct, n)
+	var rows, events, effects, effected int
+	err := e.pool.QueryRow(context.Background(), `
+SELECT (SELECT count(*) FROM inbox_records), (SELECT count(DISTINCT event_id) FROM inbox_records),
+       (SELECT count(*) FROM effects), (SELECT count(DISTINCT event_id) FROM effects)`).Scan(&rows, &events, &effects, &effected)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got := e.rows(); got != n {
-		t.Fatalf("%d rows stored, want %d", got, n)
+	if rows != total || events != total || effects != total || effected != total {
+		t.Fatalf("%d rows of %d events, %d effects of %d events: want %d of each", rows, events, effects, effected, total)
 	}
-	t.Logf("%d rows committed by the killed consumer; the next: %+v", committed, c.Stats())
+	t.Logf("%d events stored and handled once each after %d kills; the last consumer: %+v", total, rounds, c.Stats())
 }
 
 // brokerID is the id of the message at stream sequence seq.

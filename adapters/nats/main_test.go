@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -31,8 +29,12 @@ const startNATS = "start it with JetStream on 127.0.0.1:4222, for example:\n" +
 	"-a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log"
 
 func TestMain(m *testing.M) {
-	if spec := os.Getenv(childEnv); spec != "" {
-		fmt.Fprintln(os.Stderr, runChild(spec))
+	var spec childSpec
+	if child, err := testenv.ChildSpec(childEnv, &spec); child {
+		if err == nil {
+			err = runChild(spec)
+		}
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(3)
 	}
 	if err := checkNATS(); err != nil {
@@ -202,11 +204,8 @@ func (e *env) settled(within time.Duration) *jetstream.ConsumerInfo {
 	e.t.Helper()
 	var info *jetstream.ConsumerInfo
 	testenv.Eventually(e.t, within, "the consumer to have nothing pending", func() (bool, error) {
-		c, err := e.js.Consumer(context.Background(), e.stream, e.durable)
-		if err != nil {
-			return false, err
-		}
-		info, err = c.Info(context.Background())
+		var err error
+		info, err = e.consumerInfo()
 		if err != nil {
 			return false, err
 		}
@@ -218,15 +217,20 @@ func (e *env) settled(within time.Duration) *jetstream.ConsumerInfo {
 // info returns the consumer's state now.
 func (e *env) info() *jetstream.ConsumerInfo {
 	e.t.Helper()
-	c, err := e.js.Consumer(context.Background(), e.stream, e.durable)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	info, err := c.Info(context.Background())
+	info, err := e.consumerInfo()
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	return info
+}
+
+// consumerInfo returns the consumer's state now, or an error.
+func (e *env) consumerInfo() (*jetstream.ConsumerInfo, error) {
+	c, err := e.js.Consumer(context.Background(), e.stream, e.durable)
+	if err != nil {
+		return nil, err
+	}
+	return c.Info(context.Background())
 }
 
 // rows counts the rows stored in the test's schema.
@@ -273,108 +277,4 @@ func (r *runs) distinct() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.n)
-}
-
-// proxy forwards TCP connections to PostgreSQL while up; while down it
-// refuses them and has cut those it had.
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	up     bool
-	conns  map[net.Conn]bool
-	wg     sync.WaitGroup
-}
-
-// newProxy listens on a free loopback port for the server of testenv.URL;
-// it starts down and is closed when t ends.
-func newProxy(t testing.TB) *proxy {
-	t.Helper()
-	cfg, err := pgxpool.ParseConfig(testenv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: net.JoinHostPort(cfg.ConnConfig.Host, fmt.Sprint(cfg.ConnConfig.Port)), conns: map[net.Conn]bool{}}
-	p.wg.Add(1)
-	go p.accept()
-	t.Cleanup(func() {
-		ln.Close()
-		p.set(false)
-		p.wg.Wait()
-	})
-	return p
-}
-
-// pool returns a pool through the proxy into schema, closed when t ends.
-func (p *proxy) pool(t testing.TB, schema string) *pgxpool.Pool {
-	t.Helper()
-	cfg, err := pgxpool.ParseConfig(testenv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.Host = "127.0.0.1"
-	cfg.ConnConfig.Port = uint16(p.ln.Addr().(*net.TCPAddr).Port)
-	cfg.ConnConfig.ConnectTimeout = time.Second
-	cfg.ConnConfig.Fallbacks = nil
-	cfg.ConnConfig.RuntimeParams["search_path"] = schema
-	cfg.MaxConns = 4
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
-}
-
-// set brings the proxy up or down; down cuts every connection.
-func (p *proxy) set(up bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.up = up
-	if !up {
-		for c := range p.conns {
-			c.Close()
-		}
-	}
-}
-
-func (p *proxy) accept() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if !p.up {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		s, err := net.DialTimeout("tcp", p.target, time.Second)
-		if err != nil {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		p.conns[c], p.conns[s] = true, true
-		p.mu.Unlock()
-		p.wg.Add(2)
-		pipe := func(dst, src net.Conn) {
-			defer p.wg.Done()
-			_, _ = io.Copy(dst, src)
-			dst.Close()
-			src.Close()
-			p.mu.Lock()
-			delete(p.conns, dst)
-			delete(p.conns, src)
-			p.mu.Unlock()
-		}
-		go pipe(c, s)
-		go pipe(s, c)
-	}
 }

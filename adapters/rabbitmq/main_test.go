@@ -28,8 +28,13 @@ const envURL = "INBOX_TEST_AMQP_URL"
 var amqpURL = "amqp://guest:guest@127.0.0.1:5672/"
 
 func TestMain(m *testing.M) {
-	if crashChildMain() {
-		return
+	var spec childSpec
+	if ok, err := testenv.ChildSpec(childEnv, &spec); ok {
+		if err == nil {
+			err = runChild(spec)
+		}
+		fmt.Fprintf(os.Stderr, "kill-test child: %v\n", err)
+		os.Exit(2)
 	}
 	if u := os.Getenv(envURL); u != "" {
 		amqpURL = u
@@ -132,16 +137,41 @@ func message(key, id string, body string) amqp.Publishing {
 // ready returns the number of ready messages in queue.
 func (r *rig) ready(queue string) int {
 	r.t.Helper()
-	ch, err := r.conn.Channel()
+	q, err := r.inspect(queue)
 	if err != nil {
 		r.t.Fatal(err)
+	}
+	return q.Messages
+}
+
+// inspect returns queue's counts of ready messages and consumers.
+func (r *rig) inspect(queue string) (amqp.Queue, error) {
+	ch, err := r.conn.Channel()
+	if err != nil {
+		return amqp.Queue{}, err
 	}
 	defer ch.Close()
 	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 	if err != nil {
-		r.t.Fatalf("inspect %s: %v", queue, err)
+		return q, fmt.Errorf("inspect %s: %w", queue, err)
 	}
-	return q.Messages
+	return q, nil
+}
+
+// unacked waits until queue has no consumer, so that RabbitMQ has made
+// every message a gone consumer held ready again, and returns the number
+// of messages not acknowledged: those ready.
+func (r *rig) unacked(queue string) (int, error) {
+	var q amqp.Queue
+	err := testenv.Poll(time.Minute, func() (bool, error) {
+		var err error
+		q, err = r.inspect(queue)
+		return err == nil && q.Consumers == 0, err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("waiting for %s to have no consumer: %w (it has %d)", queue, err, q.Consumers)
+	}
+	return q.Messages, nil
 }
 
 // runs counts handler runs per event id.

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/pginbox/inbox"
@@ -14,87 +13,109 @@ import (
 	"github.com/pginbox/inbox/internal/testenv"
 )
 
-// throughputMessages is how many messages each half of TestThroughput
-// moves.
-const throughputMessages = 10000
-
-// TestThroughput measures messages per second from a queue into committed
-// inbox rows, beside the broker's own floor in the same run: the same
-// messages consumed and acknowledged in batches of 100 without the inbox.
-// It logs the figures (run with -v) and asserts only that both finish.
-// It runs alone (not in parallel), but under -race the figures are low.
-func TestThroughput(t *testing.T) {
-	r := newRig(t)
+// BenchmarkThroughput reports messages per second from a RabbitMQ queue
+// into committed inbox rows (msgs/s), beside RabbitMQ's own rate of
+// consuming and acknowledging the same number of messages without the
+// inbox (floor-msgs/s), measured in turns in the same run; b.N is the
+// number of messages per turn:
+//
+//	go test -run '^$' -bench Throughput -benchtime 20000x
+//
+// Each turn publishes b.N persistent messages of about 100 bytes first
+// (not timed). The floor then times dialing, consuming them with a
+// prefetch of 100 and acknowledging every hundredth with multiple=true,
+// and closing. The subject times a Consumer (batches of 100, its
+// default) storing them into an inbox that is not started (Sets only), in
+// a fresh schema, from Run until it has acknowledged them all and closed
+// its connection. Each turn then checks, untimed, that RabbitMQ has no
+// message left, and the subject's that every one is stored.
+func BenchmarkThroughput(b *testing.B) {
+	r := newRig(b)
 	body := `{"order":"` + strings.Repeat("x", 100) + `"}`
-	batch := func() []amqp.Publishing {
-		msgs := make([]amqp.Publishing, throughputMessages)
+	publish := func(n int) {
+		msgs, _ := stream(n)
 		for i := range msgs {
-			msgs[i] = message("order_created", uuid.NewString(), body)
+			msgs[i].Body = []byte(body)
 		}
-		return msgs
+		r.publish(msgs...)
 	}
-
-	r.publish(batch()...)
-	floor := consumeAndAck(t, r.queue, throughputMessages)
-
-	pool := testenv.MigratedPool(t)
-	reg, _ := registry()
-	writer, err := inbox.New(pool, reg) // not started: Sets only
-	if err != nil {
-		t.Fatal(err)
+	floor := func(b *testing.B, n int) time.Duration {
+		publish(n)
+		took := consumeAndAck(b, r.queue, n)
+		if left, err := r.unacked(r.queue); err != nil || left != 0 {
+			b.Fatalf("floor: %d messages left on RabbitMQ (%v), want 0", left, err)
+		}
+		return took
 	}
-	r.publish(batch()...)
-	c := newConsumer(t, r, inboxrabbitmq.DialURL(amqpURL), writer.Client(), inboxrabbitmq.Options{})
-	started := time.Now()
-	stop := run(t, c)
-	waitStats(t, c, 2*time.Minute, "every message stored", func(s inboxrabbitmq.Stats) bool {
-		return s.Acked == throughputMessages
-	})
-	through := time.Since(started)
-	stop()
-	if got := rows(t, pool); got != throughputMessages {
-		t.Fatalf("%d rows, want %d", got, throughputMessages)
+	subject := func(b *testing.B, n int) time.Duration {
+		publish(n)
+		pool := testenv.MigratedPool(b)
+		defer pool.Close()
+		reg, _ := registry()
+		writer, err := inbox.New(pool, reg) // not started: Sets only
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := newConsumer(b, r, inboxrabbitmq.DialURL(amqpURL), writer.Client(), inboxrabbitmq.Options{})
+		started := time.Now()
+		stop := run(b, c)
+		waitStats(b, c, 5*time.Minute, "every message acknowledged", func(s inboxrabbitmq.Stats) bool {
+			return s.Acked >= int64(n)
+		})
+		stop()
+		took := time.Since(started)
+		if left, err := r.unacked(r.queue); err != nil || left != 0 {
+			b.Fatalf("%d messages left on RabbitMQ (%v), want 0", left, err)
+		}
+		if got := rows(b, pool); got != n {
+			b.Fatalf("%d rows stored, want %d", got, n)
+		}
+		return took
 	}
-	rate := func(d time.Duration) float64 { return throughputMessages / d.Seconds() }
-	t.Logf("%d messages: broker floor (consume + ack, batches of 100) %.0f msg/s; into the inbox (one Set per batch of %d, then ack) %.0f msg/s (%.0f%% of the floor)",
-		throughputMessages, rate(floor), inboxrabbitmq.DefaultBatchSize, rate(through), 100*floor.Seconds()/through.Seconds())
+	testenv.CompareThroughput(b, 5, b.N, floor, subject)
 }
 
-// consumeAndAck consumes n messages from queue, acknowledging every
-// hundredth with multiple=true, and returns how long it took.
-func consumeAndAck(t *testing.T, queue string, n int) time.Duration {
-	t.Helper()
+// consumeAndAck dials RabbitMQ, consumes n messages from queue with a
+// prefetch of 100, acknowledging every hundredth (and the last) with
+// multiple=true, closes the connection, and returns how long all that
+// took. RabbitMQ has then taken every acknowledgement: it answers the
+// close after the frames before it.
+func consumeAndAck(b *testing.B, queue string, n int) time.Duration {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	started := time.Now()
 	conn, err := amqp.Dial(amqpURL)
 	if err != nil {
-		t.Fatal(err)
+		b.Fatal(err)
 	}
 	defer conn.Close()
 	ch, err := conn.Channel()
 	if err != nil {
-		t.Fatal(err)
+		b.Fatal(err)
 	}
-	if err := ch.Qos(100, 0, false); err != nil {
-		t.Fatal(err)
+	if err := ch.Qos(inboxrabbitmq.DefaultBatchSize, 0, false); err != nil {
+		b.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	started := time.Now()
 	deliveries, err := ch.ConsumeWithContext(ctx, queue, "", false, false, false, false, nil)
 	if err != nil {
-		t.Fatal(err)
+		b.Fatal(err)
 	}
 	for i := 1; i <= n; i++ {
 		var d amqp.Delivery
 		select {
 		case d = <-deliveries:
 		case <-ctx.Done():
-			t.Fatalf("floor: %d of %d messages consumed", i-1, n)
+			b.Fatalf("floor: %d of %d messages consumed", i-1, n)
 		}
-		if i%100 == 0 || i == n {
+		if i%inboxrabbitmq.DefaultBatchSize == 0 || i == n {
 			if err := d.Ack(true); err != nil {
-				t.Fatal(err)
+				b.Fatal(err)
 			}
 		}
+	}
+	if err := conn.Close(); err != nil {
+		b.Fatal(err)
 	}
 	return time.Since(started)
 }

@@ -2,15 +2,16 @@ package inboxredis_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
-	"os/exec"
+	"slices"
 	"strings"
-	"syscall"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
@@ -21,16 +22,19 @@ import (
 )
 
 // childEnv, when set, makes the test binary a crash-test child: a
-// Consumer that stores its first batch and hangs before acknowledging it,
-// until it is killed.
+// Consumer of the stream whose inbox stores only, built from the
+// childSpec in the variable, run until it is killed.
 const childEnv = "INBOXREDIS_CRASH_CHILD"
 
+// childSpec is what a crash-test child needs.
+type childSpec struct {
+	URL, Schema, Stream, Group, Consumer string
+	// HangAt is the option testenv.HangAfterSet of the child's inbox.
+	HangAt int
+}
+
 // runChild is the crash-test child's whole life. It returns only on error.
-func runChild(spec string) error {
-	var s childSpec
-	if err := json.Unmarshal([]byte(spec), &s); err != nil {
-		return err
-	}
+func runChild(s childSpec) error {
 	cfg, err := pgxpool.ParseConfig(s.URL)
 	if err != nil {
 		return err
@@ -40,122 +44,265 @@ func runChild(spec string) error {
 	if err != nil {
 		return err
 	}
-	ib, err := inbox.New(pool, registry(newRuns(), "order")) // stores only: not started
+	// The inbox stores only: it is not started.
+	ib, err := inbox.New(pool, registry(newRuns(), "order"), testenv.HangAfterSet(s.HangAt))
 	if err != nil {
 		return err
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: redisAddr})
 	c, err := inboxredis.New(rdb, ib.Client(), inboxredis.Options{
 		Group: s.Group, Consumer: s.Consumer, Streams: map[string]string{s.Stream: "order"},
+		BatchSize: 100, Block: 50 * time.Millisecond,
+		ClaimIdle: time.Hour, // a child re-reads its own pending entries, never takes over others'
 	})
 	if err != nil {
 		return err
 	}
-	inboxredis.SetAfterSet(c, func() {
-		fmt.Println("committed")
-		time.Sleep(time.Hour) // until SIGKILL, between the commit and the ack
-	})
 	return c.Run(context.Background())
 }
 
-// A consumer killed between the commit and the acknowledgement leaves its
-// batch pending; another consumer of the group takes it over once idle,
-// and every event is stored and handled exactly once.
-//
-// With "restart", the consumer comes back under the killed one's name and
-// re-reads its own pending entries instead.
-func TestKilledConsumer(t *testing.T) {
-	t.Parallel()
-	t.Run("takeover", func(t *testing.T) { t.Parallel(); killedConsumer(t, "rescuer") })
-	t.Run("restart", func(t *testing.T) { t.Parallel(); killedConsumer(t, "victim") })
+// killSize returns the number of messages and of kill rounds: 3,000 and
+// 6, or 10,000 and 12 with INBOX_KILL_FULL=1.
+func killSize() (total, rounds int) {
+	if os.Getenv("INBOX_KILL_FULL") == "1" {
+		return 10000, 12
+	}
+	return 3000, 6
 }
 
-func killedConsumer(t *testing.T, next string) {
+// unacked returns how many entries of stream the group has not
+// acknowledged: those pending with its consumers and those not yet
+// delivered (its lag), from one XINFO GROUPS. Before the group exists,
+// that is the whole stream.
+func unacked(rdb *redis.Client, stream, group string) (int, error) {
+	groups, err := rdb.XInfoGroups(context.Background(), stream).Result()
+	if err != nil {
+		return 0, err
+	}
+	for _, g := range groups {
+		if g.Name != group {
+			continue
+		}
+		if g.Lag < 0 {
+			return 0, fmt.Errorf("group %s: Redis cannot tell its lag", group)
+		}
+		return int(g.Pending + g.Lag), nil
+	}
+	n, err := rdb.XLen(context.Background(), stream).Result()
+	return int(n), err
+}
+
+// Consumers in child processes are SIGKILLed again and again, in turns
+// inside a Set (before its commit) and holding a committed batch (before
+// its XACK); after each kill whatever Redis counts acknowledged is stored,
+// a Set killed before its commit left nothing, and a committed batch was
+// not acknowledged. Children restart under the name of the one killed
+// before them, two times in three, and re-read its pending entries (a
+// batch never committed, or one committed and not acknowledged); the
+// entries of the others stay pending until a consumer in the test process
+// takes them over (XAUTOCLAIM). It then finishes the stream with a started
+// inbox: every message stored exactly once, each handler run once per
+// event, nothing pending or undelivered.
+//
+// INBOX_KILL_FULL=1 runs it with 10,000 messages and 12 rounds.
+func TestKilledRepeatedly(t *testing.T) {
+	t.Parallel()
+	total, rounds := killSize()
 	rdb, prefix := newRedis(t)
 	schema, pool := database(t)
 	stream, group := prefix+"orders", prefix+"g"
-	const n = 300
-	var es []map[string]any
-	for i := range n {
-		es = append(es, map[string]any{"payload": fmt.Sprint(i)})
+	es := make([]map[string]any, total)
+	for i := range es {
+		es[i] = map[string]any{"payload": fmt.Sprint(i)} // ids derived from the entries
 	}
 	entryIDs := add(t, rdb, stream, es)
 
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), childEnv+"="+childSpec{
-		URL: testenv.URL(), Schema: schema, Stream: stream, Group: group, Consumer: "victim",
-	}.String())
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	kr := testenv.KillRounds{
+		Pool: pool, Total: total, Rounds: rounds,
+		Start: func(t testing.TB, round, hangAt int) *testenv.Child {
+			return testenv.StartChild(t, childEnv, childSpec{
+				URL: testenv.URL(), Schema: schema, Stream: stream, Group: group,
+				Consumer: fmt.Sprintf("child-%d", round/3), HangAt: hangAt,
+			})
+		},
+		Unacked: func() (int, error) { return unacked(rdb, stream, group) },
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	err := testenv.Poll(30*time.Second, func() (bool, error) {
-		select {
-		case err := <-exited:
-			return false, fmt.Errorf("child exited early: %v\n%s", err, out.String())
-		default:
-		}
-		got, err := stored(pool)
-		return got == inboxredis.DefaultBatchSize, err
-	})
+	kr.Run(t)
+
+	ctx := context.Background()
+	left, err := unacked(rdb, stream, group)
 	if err != nil {
-		_ = cmd.Process.Kill()
-		<-exited
-		t.Fatalf("child did not commit its first batch: %v", err)
-	}
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-exited; err == nil || !strings.Contains(err.Error(), "killed") {
-		t.Fatalf("child exit = %v, want killed\n%s", err, out.String())
+	before, err := stored(pool)
+	if err != nil {
+		t.Fatal(err)
 	}
-	p, err := rdb.XPending(context.Background(), stream, group).Result()
-	if err != nil || p.Consumers["victim"] != inboxredis.DefaultBatchSize {
-		t.Fatalf("after the kill: pending %+v (%v); want the victim's committed batch of %d pending",
-			p, err, inboxredis.DefaultBatchSize)
+	summary, err := rdb.XPending(ctx, stream, group).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each restart re-read the batch its name had pending: each name has
+	// only the batch of its last child pending.
+	var orphans int64 // pending with the dead children
+	for _, n := range summary.Consumers {
+		orphans += n
+	}
+	if names := (rounds + 2) / 3; len(summary.Consumers) != names || orphans != int64(100*names) {
+		t.Fatalf("pending with killed children: %s; want one batch of 100 with each of %d names",
+			consumers(summary), names)
 	}
 
 	r := newRuns()
-	ib := testenv.Start(t, context.Background(), pool, registry(r, "order"), testenv.Fast(t)...)
-	o := fast(t, group, next, map[string]string{stream: "order"})
-	o.ClaimIdle = 300 * time.Millisecond
-	wantClaimed := int64(inboxredis.DefaultBatchSize)
-	if next == "victim" {
-		o.ClaimIdle = time.Hour // it must find its entries by itself
-		wantClaimed = 0
-	}
+	ib := testenv.Start(t, ctx, pool, registry(r, "order"), testenv.Fast(t)...)
+	o := fast(t, group, "final", map[string]string{stream: "order"})
+	o.BatchSize, o.ClaimIdle = 100, 200*time.Millisecond
 	c, err := inboxredis.New(rdb, ib.Client(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	run(t, c)
-	testenv.Eventually(t, 30*time.Second, "every event handled, nothing pending", func() (bool, error) {
-		cs, err := ib.Counts(context.Background())
-		if err != nil || cs[inbox.Done] != 2*n {
+	var (
+		cs         map[inbox.Status]int
+		unackedNow int
+	)
+	err = testenv.Poll(3*time.Minute, func() (bool, error) {
+		var err error
+		if cs, err = ib.Counts(ctx); err != nil {
 			return false, err
 		}
-		p, err := pending(rdb, stream, group)
-		return p == 0, err
+		unackedNow, err = unacked(rdb, stream, group)
+		return cs[inbox.Done] == 2*total && unackedNow == 0, err
 	})
-	if got, err := stored(pool); err != nil || got != n {
-		t.Fatalf("stored %d events (%v), want %d", got, err, n)
+	if err != nil {
+		t.Fatalf("waiting for every event handled and every entry acknowledged: %v; rows by status %v, "+
+			"%d entries unacknowledged, final consumer's stats %+v", err, cs, unackedNow, c.Stats())
 	}
-	if got, err := seen(pool); err != nil || got != n {
-		t.Fatalf("TxHandler wrote %d rows (%v), want %d", got, err, n)
+	if got, err := stored(pool); err != nil || got != total {
+		t.Fatalf("stored %d events (%v), want %d", got, err, total)
+	}
+	if got, err := seen(pool); err != nil || got != total {
+		t.Fatalf("the TxHandler wrote %d rows (%v), want %d", got, err, total)
 	}
 	counts, _ := r.snapshot()
+	if len(counts) != total {
+		t.Fatalf("the handler ran for %d events, want %d", len(counts), total)
+	}
 	for i, eid := range entryIDs {
 		if id := broker.ID("redis", stream, eid); counts[id] != 1 {
-			t.Fatalf("entry %d ran %d times, want once", i, counts[id])
+			t.Fatalf("entry %d (%s) handled %d times, want once", i, eid, counts[id])
 		}
 	}
 	s := c.Stats()
-	if s.Claimed != wantClaimed || s.Duplicates != inboxredis.DefaultBatchSize ||
-		s.Stored != n-inboxredis.DefaultBatchSize || s.Acked != n {
-		t.Fatalf("%s's stats %+v; want %d claimed, the victim's %d entries found stored, the other %d stored, all %d acked",
-			next, s, wantClaimed, inboxredis.DefaultBatchSize, n-inboxredis.DefaultBatchSize, n)
+	if s.Claimed != orphans || s.Acked != int64(left) || s.Stored != int64(total-before) ||
+		s.Duplicates != int64(left-(total-before)) {
+		t.Fatalf("final consumer's stats %+v; want the %d entries pending with killed children claimed, "+
+			"the %d unacknowledged acked, the %d missing stored and the other %d found stored",
+			s, orphans, left, total-before, left-(total-before))
 	}
+	t.Logf("after %d rounds: %d of %d stored, %d unacknowledged (%d pending with killed children: %s); "+
+		"the final consumer claimed %d, stored %d, found %d stored, acked %d",
+		rounds, before, total, left, orphans, consumers(summary), s.Claimed, s.Stored, s.Duplicates, s.Acked)
+}
+
+// consumers lists the pending count of each consumer of summary.
+func consumers(summary *redis.XPending) string {
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(summary.Consumers)) {
+		fmt.Fprintf(&b, " %s=%d", name, summary.Consumers[name])
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// PostgreSQL stopped for three seconds in the middle of a stream: while
+// it is down Redis counts no more entries acknowledged than were stored
+// when it stopped, and Set keeps failing; once it is back every entry is
+// stored exactly once and nothing is left pending or undelivered.
+func TestDatabaseStopped(t *testing.T) {
+	t.Parallel()
+	cluster, pool := testenv.StoppableDatabase(t, 4)
+	rdb, prefix := newRedis(t)
+	ib, err := inbox.New(pool, registry(newRuns(), "order")) // stores only: not started
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, group := prefix+"orders", prefix+"g"
+	const n = 2000
+	es := make([]map[string]any, n)
+	for i := range es {
+		es[i] = map[string]any{"payload": fmt.Sprint(i)}
+	}
+	entryIDs := add(t, rdb, stream, es)
+
+	o := fast(t, group, "c1", map[string]string{stream: "order"})
+	o.BatchSize, o.MaxRetryBackoff = 100, 200*time.Millisecond
+	c, err := inboxredis.New(rdb, ib.Client(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The third Set waits, committed and not acknowledged, until
+	// PostgreSQL is down: the stop falls in the middle of the stream.
+	third, down := make(chan struct{}), make(chan struct{})
+	sets := 0
+	inboxredis.SetAfterSet(c, func() {
+		if sets++; sets == 3 {
+			close(third)
+			<-down
+		}
+	})
+	run(t, c)
+	var once sync.Once
+	release := func() { once.Do(func() { close(down) }) }
+	t.Cleanup(release) // before run's: a failed test must not leave the Set waiting
+	select {
+	case <-third:
+	case <-time.After(time.Minute):
+		t.Fatal("no third Set within a minute")
+	}
+	held, err := stored(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := cluster.Stop(ctx, "fast"); err != nil {
+		t.Fatal(err)
+	}
+	failures := c.Stats().Failures
+	release()
+	most := 0 // the most entries Redis counted acknowledged while down
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); <-tick.C {
+		left, err := unacked(rdb, stream, group)
+		if err != nil {
+			t.Fatal(err)
+		}
+		acked := n - left
+		if acked > held {
+			t.Fatalf("%d entries acknowledged while PostgreSQL is down, %d stored when it stopped", acked, held)
+		}
+		most = max(most, acked)
+	}
+	if f := c.Stats().Failures; f == failures {
+		t.Fatal("no Set failed while PostgreSQL was down")
+	}
+	if err := cluster.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, time.Minute, "every entry acknowledged", func() (bool, error) {
+		left, err := unacked(rdb, stream, group)
+		return left == 0, err
+	})
+	ids := make([]uuid.UUID, len(entryIDs))
+	for i, eid := range entryIDs {
+		ids[i] = broker.ID("redis", stream, eid)
+	}
+	var rows, events int
+	err = pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT event_id) FROM inbox_records WHERE event_id = ANY($1)`,
+		ids).Scan(&rows, &events)
+	if err != nil || rows != 2*n || events != n {
+		t.Fatalf("%d rows of %d events stored (%v); want each of the %d events once, with its 2 handlers", rows, events, err, n)
+	}
+	t.Logf("%d stored when PostgreSQL stopped, at most %d acknowledged while down; %d failures; stats %+v",
+		held, most, c.Stats().Failures-failures, c.Stats())
 }

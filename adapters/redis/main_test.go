@@ -2,7 +2,6 @@ package inboxredis_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -27,8 +26,11 @@ const redisAddr = "127.0.0.1:6379"
 const startRedis = `redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log`
 
 func TestMain(m *testing.M) {
-	if spec := os.Getenv(childEnv); spec != "" {
-		err := runChild(spec)
+	var spec childSpec
+	if child, err := testenv.ChildSpec(childEnv, &spec); child {
+		if err == nil {
+			err = runChild(spec)
+		}
 		fmt.Fprintln(os.Stderr, "child:", err)
 		os.Exit(2)
 	}
@@ -206,14 +208,4 @@ func stored(pool *pgxpool.Pool) (int, error) {
 	var n int
 	err := pool.QueryRow(context.Background(), `SELECT count(DISTINCT event_id) FROM inbox_records`).Scan(&n)
 	return n, err
-}
-
-// childSpec is what a crash-test child needs, as JSON in childEnv.
-type childSpec struct {
-	URL, Schema, Stream, Group, Consumer string
-}
-
-func (s childSpec) String() string {
-	b, _ := json.Marshal(s)
-	return string(b)
 }

@@ -63,8 +63,21 @@ func HangAfterSet(n int) inbox.Option {
 
 // Run kills k.Rounds children and checks the broker and the inbox after
 // each kill.
+//
+// A killed client's backend goes on with the statement it was running
+// until it notices the client is gone, and a Set of one statement commits
+// by itself at its end. So that a kill before the commit is one, Run has
+// the database check its clients' connections every 50 ms while a
+// statement runs (client_connection_check_interval, for the connections
+// the children open after it) and keeps the lock until the killed child's
+// backend has ended.
 func (k KillRounds) Run(t *testing.T) {
 	t.Helper()
+	if _, err := k.Pool.Exec(context.Background(), `DO $$ BEGIN
+    EXECUTE format('ALTER DATABASE %I SET client_connection_check_interval = %L', current_database(), '50ms');
+END $$`); err != nil {
+		t.Fatalf("have the database check its clients' connections: %v", err)
+	}
 	for r := range k.Rounds {
 		if r%2 == 0 {
 			k.killBeforeCommit(t, r)
@@ -85,12 +98,12 @@ func (k KillRounds) killBeforeCommit(t *testing.T, r int) {
 	pid := blockedInsert(t, k.Pool)
 	held := k.stored(t)
 	c.Kill(t)
-	release()
 	Eventually(t, time.Minute, "the killed child's backend to end", func() (bool, error) {
 		var n int
 		err := k.Pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&n)
 		return n == 0, err
 	})
+	release()
 	stored, acked := k.check(t, r, "before its commit")
 	if stored != held {
 		t.Fatalf("round %d: %d events stored after a child was killed inside its Set, %d before: "+

@@ -12,7 +12,8 @@ import (
 // it runs each reps times, in turns whose order alternates, each moving n
 // messages and returning how long that took, and reports the medians as
 // the benchmark's metrics "msgs/s" (the subject), "floor-msgs/s" and
-// "ratio" (subject over floor), with every turn in the log.
+// "ratio" (subject over floor), with every turn in the log. Run it with
+// -benchtime Nx (N messages per turn).
 func CompareThroughput(b *testing.B, reps, n int, floor, subject func(b *testing.B, n int) time.Duration) {
 	b.Helper()
 	var fs, ss []float64
@@ -34,8 +35,10 @@ func CompareThroughput(b *testing.B, reps, n int, floor, subject func(b *testing
 	b.ReportMetric(s, "msgs/s")
 	b.ReportMetric(f, "floor-msgs/s")
 	b.ReportMetric(s/f, "ratio")
-	b.Logf("%d messages per turn, %d turns (medians: floor %.0f msgs/s, inbox %.0f msgs/s, ratio %.2f):%s",
-		n, reps, f, s, s/f, log.String())
+	if n > 1 { // not the testing package's first run, of one iteration
+		b.Logf("%d messages per turn, %d turns (medians: floor %.0f msgs/s, inbox %.0f msgs/s, ratio %.2f):%s",
+			n, reps, f, s, s/f, log.String())
+	}
 }
 
 // median returns the median of xs (the mean of the middle two when even).
