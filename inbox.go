@@ -47,6 +47,9 @@ func New(pool *pgxpool.Pool, registry *Registry, opts ...Option) (*Inbox, error)
 	d := newDB(pool, cfg.pooler)
 	ib := &Inbox{db: d, cfg: cfg, routes: rt, id: uuid.New()}
 	ib.client = &Client{db: d, routes: rt, unknown: cfg.unknown, conflicts: cfg.conflicts, notify: cfg.notify, logger: cfg.logger, hooks: cfg.hooks, propagator: cfg.propagator}
+	if ib.client.backlog, err = newBacklog(&cfg, rt, d); err != nil {
+		return nil, err
+	}
 	return ib, nil
 }
 

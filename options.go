@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -170,6 +171,7 @@ type config struct {
 	listenConfig   *pgx.ConnConfig
 	hasDead        bool // a dead callback was set
 	hasError       bool // an error callback was set
+	backlogLimits  []backlogLimit
 }
 
 func defaultConfig() config {
@@ -469,6 +471,82 @@ func WithListenConfig(cfg *pgx.ConnConfig) Option {
 			return invalid("WithListenConfig", "nil", "config must not be nil; parse one with pgx.ParseConfig")
 		}
 		c.listenConfig = cfg.Copy()
+		return nil
+	}
+}
+
+// WithMaxBacklog bounds the backlog of the listed event types, or of
+// every registered event type when none is listed, to n rows: the rows
+// not finished (pending, failed and waiting for a retry, or in progress),
+// counted over all handler keys of the type, so an event of a type with
+// two handlers is two rows. While the backlog of a type is at or over n,
+// Set, SetTx and their WithResult forms refuse every call that holds a
+// record of that type: they write nothing of the call and return a
+// [*BacklogFullError], which wraps [ErrBacklogFull]. That is temporary:
+// leave the message unacknowledged and retry it later (the broker
+// adapters retry the batch with a backoff and fetch nothing new
+// meanwhile) while the workers bring the backlog down. A redelivery of a
+// message stored already is refused too, as the check cannot tell it
+// from a new one. Calls holding only records of other types pay nothing.
+//
+// The option may be given several times; a later one overrides an earlier
+// one for the types it covers. n must be at least 1, and each listed type
+// a valid event type with a handler in the registry: [New] fails with
+// [ErrInvalidConfig] otherwise.
+//
+// The check runs no query per Set: it compares the limit with a figure
+// the Client keeps, read from the table's own counters (as [Admin.Stats]
+// reads them, never by counting rows) once it is 500 ms old, or 50 ms old
+// when it says the backlog is full, by one Set at a time while the others
+// use the figure as it is, and increased by the rows of every Set it lets
+// through. How exact it is:
+//
+//   - Through one Client (the Client of one Inbox, shared by any number
+//     of goroutines), concurrent Sets take the backlog over the limit by
+//     less than the rows of the Sets running at once. A Set passes only
+//     while the figure is under the limit, and the figure falls short of
+//     the backlog by at most the rows of the Sets that were running (for
+//     SetTx: whose transactions had not committed) when the counters were
+//     last read. With one Set at a time, the last Set to pass takes the
+//     backlog over the limit by at most its own rows.
+//   - Sets through other Clients (other processes, or other Inboxes of
+//     this one) reach the figure only when it is read again: each of them
+//     may add, beyond that, what it stores in 500 ms (50 ms once the
+//     figure is at the limit).
+//   - The figure falls only when it is read again: after the workers
+//     brought the backlog under the limit, Sets may be refused for about
+//     50 ms more. Records that turn out to be duplicates, and Sets that
+//     fail or roll back, count in the figure until then too. So one
+//     Client stores at most about n rows per 50 ms while the backlog is
+//     near the limit, however fast the workers drain it: give a limit
+//     well above that.
+//
+// It is a bound on the growth of the backlog, not an exact cap.
+//
+// If the counters cannot be read (a statement timeout, a role that may
+// not read them), the Set goes ahead unchecked, a warning is logged, and
+// the next reading is tried 500 ms later: backpressure protects the
+// workers from a flood, and should not turn a problem with the counters
+// into refusing every message. While the database is unreachable, Set
+// fails anyway.
+//
+// A refused Set is reported to [Hooks].OnSet with its error.
+func WithMaxBacklog(n int, eventTypes ...string) Option {
+	types := slices.Clone(eventTypes)
+	return func(c *config) error {
+		name := fmt.Sprint(n)
+		for _, t := range types {
+			name += fmt.Sprintf(", %q", t)
+		}
+		if n < 1 {
+			return invalid("WithMaxBacklog", name, "the limit must be at least 1")
+		}
+		for _, t := range types {
+			if err := validateName("event type", t); err != nil {
+				return invalid("WithMaxBacklog", name, err.Error())
+			}
+		}
+		c.backlogLimits = append(c.backlogLimits, backlogLimit{n: int64(n), eventTypes: types})
 		return nil
 	}
 }
