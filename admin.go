@@ -269,7 +269,8 @@ func scanState(row pgx.CollectableRow) (RecordState, error) {
 	var status string
 	var id pgtype.UUID
 	err := row.Scan(&id, &s.EventType, &s.HandlerKey, &status, &s.Attempts, &s.MaxAttempts, &s.LastError,
-		&s.PayloadErased, &s.EventDate, &s.CreatedAt, &s.UpdatedAt, &s.NextAttemptAt, &s.ErrorType)
+		&s.PayloadErased, &s.EventDate, &s.CreatedAt, &s.UpdatedAt, &s.NextAttemptAt, &s.ErrorType,
+		&s.OrderingKey, &s.Waiting)
 	s.EventID, s.Status = id.Bytes, Status(status)
 	return s, err
 }

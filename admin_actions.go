@@ -138,6 +138,13 @@ func (a *Admin) Delete(ctx context.Context, f Filter, opts ActionOptions) (Actio
 	if err != nil {
 		return ActionResult{Changed: n}, fmt.Errorf("inbox: delete: %w", err)
 	}
+	if n > 0 && !opts.DryRun {
+		// Rows of ordering keys may have been the first of their key.
+		if _, err := promoteStranded(ctx, a.db); err != nil {
+			return ActionResult{Changed: n}, fmt.Errorf("inbox: delete: make the next rows of ordering keys due: %w", err)
+		}
+		a.wake(ctx)
+	}
 	return ActionResult{Changed: n}, nil
 }
 
@@ -312,6 +319,9 @@ func (a *Admin) Purge(ctx context.Context, opts PurgeOptions, progress func(Purg
 	res.HistoryDeleted, err = pruneHistory(ctx, a.db, now.AddDate(0, 0, -days))
 	if err != nil {
 		return res, fmt.Errorf("inbox: purge: history: %w", err)
+	}
+	if _, err := promoteStranded(ctx, a.db); err != nil {
+		return res, fmt.Errorf("inbox: purge: make the next rows of ordering keys due: %w", err)
 	}
 	return res, nil
 }

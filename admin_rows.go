@@ -111,7 +111,9 @@ type HistoryEntry struct {
 	At         time.Time `json:"at"`
 	// Kind is "failed" or "dead" (an attempt failed, or the row died,
 	// with Text the error; a row an operator discarded is "dead" with the
-	// Actor set) or "replayed" (Text the operator's reason).
+	// Actor set), "replayed" or "skipped" (an operator replayed the row,
+	// or moved its ordering key past it: [Admin.SkipParked]; Text the
+	// operator's reason).
 	Kind    string `json:"kind"`
 	Attempt int    `json:"attempt"`
 	// Actor is who replayed or discarded the row, as given in

@@ -259,6 +259,19 @@ func TestBadInput(t *testing.T) {
 		{name: "Set zero-value record", writes: true,
 			run: badSet(func(*testing.T) []*inbox.Record { return []*inbox.Record{{}} }),
 			is:  inbox.ErrInvalidRecord, msg: []string{"record 0", "nil UUID"}},
+		{name: "Set blank ordering key", writes: true,
+			run: badSet(func(t *testing.T) []*inbox.Record { return []*inbox.Record{goodOrder(t).WithOrderingKey("  ")} }),
+			is:  inbox.ErrInvalidRecord, msg: []string{"record 0", "ordering key", "blank"}},
+		{name: "Set ordering key with NUL", writes: true,
+			run: badSet(func(t *testing.T) []*inbox.Record {
+				return []*inbox.Record{goodOrder(t), goodOrder(t).WithOrderingKey("a\x00b")}
+			}),
+			is: inbox.ErrInvalidRecord, msg: []string{"record 1", "ordering key", "NUL"}},
+		{name: "Set ordering key too long", writes: true,
+			run: badSet(func(t *testing.T) []*inbox.Record {
+				return []*inbox.Record{goodOrder(t).WithOrderingKey(strings.Repeat("k", inbox.MaxEventTypeLength+1))}
+			}),
+			is: inbox.ErrInvalidRecord, msg: []string{"record 0", "ordering key", "limit"}},
 		{name: "Set unknown event type", writes: true,
 			run: badSet(func(t *testing.T) []*inbox.Record {
 				return []*inbox.Record{testenv.Record(t, uuid.New(), "payment", "")}
@@ -391,6 +404,18 @@ func TestBadInput(t *testing.T) {
 			is: inbox.ErrInvalidConfig, msg: []string{"WithRetryBackoff(-1s)", "must be positive"}},
 		{name: "WithRetryBackoff max below base", run: badOptions(inbox.WithRetryBackoff(2*time.Second, time.Second)),
 			is: inbox.ErrInvalidConfig, msg: []string{"WithRetryBackoff(1s)", "max must not be below base"}},
+		{name: "WithMaxBacklog zero", run: badOptions(inbox.WithMaxBacklog(0)),
+			is: inbox.ErrInvalidConfig, msg: []string{"WithMaxBacklog(0)", "at least 1"}},
+		{name: "WithMaxBacklog negative for a type", run: badOptions(inbox.WithMaxBacklog(-1, "order")),
+			is: inbox.ErrInvalidConfig, msg: []string{`WithMaxBacklog(-1, "order")`, "at least 1"}},
+		{name: "WithMaxBacklog blank event type", run: badOptions(inbox.WithMaxBacklog(10, "order", " ")),
+			is: inbox.ErrInvalidConfig, msg: []string{`WithMaxBacklog(10, "order", " ")`, `event type " " is blank`}},
+		{name: "WithMaxBacklog event type not UTF-8", run: badOptions(inbox.WithMaxBacklog(10, "o\xff")),
+			is: inbox.ErrInvalidConfig, msg: []string{"WithMaxBacklog", "not valid UTF-8"}},
+		{name: "WithMaxBacklog unregistered event type", run: badOptions(inbox.WithMaxBacklog(10, "order"), inbox.WithMaxBacklog(5, "payment")),
+			is: inbox.ErrInvalidConfig, msg: []string{`WithMaxBacklog(5, "payment")`, `no handler is registered for event type "payment"`}},
+		{name: "WithMaxBacklog for a type, then for every type", ok: true,
+			run: badOptions(inbox.WithMaxBacklog(5, "order"), inbox.WithMaxBacklog(7))},
 
 		// ---- Registry.On, reported by New ----
 		{name: "On empty event type", run: badRegistry(func(r *inbox.Registry) {

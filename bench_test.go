@@ -2,6 +2,10 @@ package inbox_test
 
 import (
 	"context"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -128,4 +132,83 @@ func unfinished(b *testing.B, pool *pgxpool.Pool) bool {
 		b.Fatal(err)
 	}
 	return busy
+}
+
+// BenchmarkSetBacklog measures what WithMaxBacklog costs Set: calls of 1
+// and of 100 records through an Inbox with a backlog limit no call
+// reaches (msgs/s, in records per second), beside an Inbox without one
+// (floor-msgs/s), both storing into the same table. Each of five turns
+// makes b.N calls through each, the two taking turns call by call (which
+// goes first alternating), so that both see the same machine and table;
+// the metrics are the medians of the turns, and ratio is on over off. No
+// worker runs, so the limited Client reads the counters every 500 ms and
+// folds the deltas when they pile up, as in a process that only stores
+// events.
+//
+//	go test -run '^$' -bench SetBacklog -benchtime 1000x -v
+func BenchmarkSetBacklog(b *testing.B) {
+	const turns = 5
+	for _, size := range []int{1, 100} {
+		b.Run(fmt.Sprintf("records=%d", size), func(b *testing.B) {
+			pool := testenv.MigratedPool(b)
+			reg := inbox.NewRegistry()
+			reg.On("bench", inbox.HandlerFunc("noop", func(context.Context, []byte) error { return nil }))
+			off, err := inbox.New(pool, reg, inbox.WithLogger(testenv.Logger(b)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			on, err := inbox.New(pool, reg, inbox.WithLogger(testenv.Logger(b)), inbox.WithMaxBacklog(math.MaxInt32))
+			if err != nil {
+				b.Fatal(err)
+			}
+			clients := [2]*inbox.Client{off.Client(), on.Client()}
+			var rates [2][]float64
+			var log strings.Builder
+			b.ResetTimer()
+			for turn := range turns {
+				b.StopTimer()
+				calls := make([][]*inbox.Record, 2*b.N)
+				for i := range calls {
+					calls[i] = make([]*inbox.Record, size)
+					for j := range calls[i] {
+						calls[i][j] = testenv.Record(b, uuid.New(), "bench", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+					}
+				}
+				b.StartTimer()
+				var spent [2]time.Duration
+				for i := range b.N {
+					for k := range 2 {
+						side := (i + turn + k) % 2 // which goes first alternates
+						start := time.Now()
+						if err := clients[side].Set(context.Background(), calls[2*i+k]...); err != nil {
+							b.Fatalf("Set: %v", err)
+						}
+						spent[side] += time.Since(start)
+					}
+				}
+				for side := range 2 {
+					rates[side] = append(rates[side], float64(b.N*size)/spent[side].Seconds())
+				}
+				fmt.Fprintf(&log, "\n  turn %d: off %8.0f records/s, on %8.0f records/s, ratio %.3f",
+					turn+1, rates[0][turn], rates[1][turn], rates[1][turn]/rates[0][turn])
+			}
+			b.StopTimer()
+			floor, subject := benchMedian(rates[0]), benchMedian(rates[1])
+			b.ReportMetric(subject, "msgs/s")
+			b.ReportMetric(floor, "floor-msgs/s")
+			b.ReportMetric(subject/floor, "ratio")
+			b.Logf("%d calls of %d records per side and turn (medians: off %.0f records/s, on %.0f records/s, ratio %.3f):%s",
+				b.N, size, floor, subject, subject/floor, log.String())
+		})
+	}
+}
+
+// benchMedian returns the median of xs (the mean of the middle two when even).
+func benchMedian(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

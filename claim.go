@@ -169,12 +169,18 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 	var diedClaims []int
 	sql, args := claimSQL, []any{plan.types, plan.keys, plan.n, claimBudget.Load(), pgUUID(w.id),
 		w.cfg.lease.Milliseconds(), lostAttemptText, w.deadBy}
-	if plan.capped {
+	var before []stmt
+	switch {
+	case plan.limitKeys != nil:
+		sql, args = claimLimitedSQL, append(args, plan.caps, plan.limitKeys, plan.limits)
+		before = []stmt{{limitLockSQL, []any{plan.limitKeys}}}
+	case plan.capped:
 		sql, args = claimCappedSQL, append(args, plan.caps)
 	}
 	started := time.Now()
 	leaseUntil := started.Add(w.cfg.lease)
 	rescues := 0
+	var moveOn promotions // keys of rows that died under a handler that moves on
 	err := w.db.noFlush(w.ioCtx, func(rows pgx.Rows) error {
 		// Texts are read in place (DriverBytes): a claimed row's event type
 		// and handler key are its route's, and its status and error are
@@ -186,11 +192,11 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 			payload                      []byte
 			attempt, claims, maxAttempts int
 			storedAt                     time.Time
-			trace                        pgtype.Text
+			trace, order                 pgtype.Text
 			withheld, rescued            bool
 		)
 		_, err := pgx.ForEachRow(rows, []any{&locked, &ctid, &id, &eventType, &key, &payload, &attempt, &claims, &maxAttempts,
-			&status, &msg, &storedAt, &trace, &withheld, &rescued}, func() error {
+			&status, &msg, &storedAt, &trace, &order, &withheld, &rescued}, func() error {
 			ro := w.routes.byTypeKey[string(eventType)][string(key)]
 			if ro == nil {
 				return fmt.Errorf("claimed a row of an unregistered pair (%q, %q)", eventType, key)
@@ -208,15 +214,18 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 				}
 				died = append(died, DeadRecord{EventID: rid.id, EventType: ro.eventType, HandlerKey: ro.key, Attempts: attempt, Err: err})
 				diedClaims = append(diedClaims, claims)
+				if order.Valid {
+					moveOn.add(&job{rowID: rid, route: ro, order: order.String}, string(Dead))
+				}
 				return nil
 			}
 			jobs = append(jobs, &job{rowID: rid, route: ro, payload: payload, withheld: withheld, attempt: attempt, claim: claims,
-				maxAttempts: maxAttempts, storedAt: storedAt, trace: trace.String, ctid: ctid, leaseUntil: leaseUntil})
+				maxAttempts: maxAttempts, storedAt: storedAt, trace: trace.String, order: order.String, ctid: ctid, leaseUntil: leaseUntil})
 			payload = nil
 			return nil
 		})
 		return err
-	}, sql, args...)
+	}, sql, args, before...)
 	if w.cfg.hooks != nil {
 		w.cfg.hooks.claim(w.log, ClaimEvent{Rows: len(jobs), Rescued: rescues, Died: len(died),
 			Duration: time.Since(started), Err: err})
@@ -233,6 +242,12 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 	}
 	for i, rec := range died {
 		w.died(rec, diedClaims[i])
+	}
+	if stmts := moveOn.stmts(); stmts != nil {
+		// If this fails, maintenance makes the keys' next rows due later.
+		if err := w.db.inTx(w.ioCtx, stmts, -1, nil); err != nil {
+			w.log.Warn("inbox: make the next rows of ordering keys due after dead rows", "error", err)
+		}
 	}
 	return locked, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -28,6 +29,7 @@ type Client struct {
 	logger     *slog.Logger
 	hooks      hooks
 	propagator Propagator
+	backlog    *backlog // nil without WithMaxBacklog
 }
 
 // SetResult says what a Set did with its records. Each record is counted
@@ -106,6 +108,9 @@ func (c *Client) SetWithResult(ctx context.Context, records ...*Record) (SetResu
 	if err != nil {
 		return SetResult{}, c.setError(len(records), "", err)
 	}
+	if err := c.backpressure(ctx, records, false); err != nil {
+		return SetResult{}, err
+	}
 	if c.hooks != nil {
 		started := time.Now()
 		res, err := c.setPlanned(ctx, p, records)
@@ -121,7 +126,7 @@ func (c *Client) setPlanned(ctx context.Context, p *setPlan, records []*Record) 
 	if len(p.rows) == 0 {
 		return p.result(), nil
 	}
-	if len(p.chunks) == 1 && c.conflicts == IgnoreConflicting {
+	if len(p.chunks) == 1 && c.conflicts == IgnoreConflicting && p.orderKeys == nil {
 		err = p.store(ctx, c, c.db.pool)
 	} else {
 		err = pgx.BeginFunc(ctx, c.db.pool, func(tx pgx.Tx) error { return p.store(ctx, c, tx) })
@@ -141,6 +146,9 @@ func (c *Client) SetTxWithResult(ctx context.Context, tx pgx.Tx, records ...*Rec
 	p, err := c.plan(records)
 	if err != nil {
 		return SetResult{}, c.setError(len(records), " in transaction", err)
+	}
+	if err := c.backpressure(ctx, records, true); err != nil {
+		return SetResult{}, err
 	}
 	if c.hooks != nil {
 		started := time.Now()
@@ -197,6 +205,7 @@ type setRow struct {
 	payload     []byte
 	date        time.Time
 	trace       string // the record's own trace context, "" for none
+	order       string // the record's ordering key, "" for none
 	inserted    bool
 	conflicting bool
 }
@@ -210,7 +219,14 @@ type setPlan struct {
 	// kind of each record: its outcome so far.
 	skipped  []bool
 	conflict []bool // conflicts with an earlier record of the call
+	// orderKeys are the call's ordering keys, each once; nil for none.
+	orderKeys []string
 }
+
+// maxOrderedRecords is the most records a Set call with ordering keys
+// takes: a row's seq is a number drawn per call times 2^20 plus the
+// record's position.
+const maxOrderedRecords = 1 << 20
 
 // plan validates records and prepares their rows.
 func (c *Client) plan(records []*Record) (*setPlan, error) {
@@ -220,6 +236,7 @@ func (c *Client) plan(records []*Record) (*setPlan, error) {
 	}
 	var (
 		unknownTypes     map[string]int
+		orders           map[string]bool // the call's ordering keys
 		invalid, unknown []int
 		errs             []error
 	)
@@ -249,8 +266,19 @@ func (c *Client) plan(records []*Record) (*setPlan, error) {
 			payload = []byte{} // NULL means erased
 		}
 		for _, ro := range rs {
-			p.rows = append(p.rows, setRow{id: r.id, route: ro, record: i, hash: h, payload: payload, date: r.eventDate, trace: r.trace})
+			p.rows = append(p.rows, setRow{id: r.id, route: ro, record: i, hash: h, payload: payload, date: r.eventDate, trace: r.trace, order: r.order})
 		}
+		if r.order != "" && !orders[r.order] {
+			if orders == nil {
+				orders = make(map[string]bool)
+			}
+			orders[r.order] = true
+			p.orderKeys = append(p.orderKeys, r.order)
+		}
+	}
+	if p.orderKeys != nil && len(records) > maxOrderedRecords {
+		return p, fmt.Errorf("%w: %d records carry ordering keys in one call; a call with ordering keys takes at most %d records: split it",
+			ErrInvalidRecord, len(records), maxOrderedRecords)
 	}
 	if c.unknown != RejectUnknown {
 		if len(unknown) > 0 {
@@ -321,14 +349,27 @@ func payloadHash(eventType string, payload []byte) int64 {
 // querier is a pool or a transaction.
 type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
 // store inserts the plan's rows with q, chunk by chunk, then reads the
 // stored hashes of the rows that existed. Under RejectConflicting it fails
 // with a ConflictError when one differs, for its caller to roll back.
 func (p *setPlan) store(ctx context.Context, c *Client, q querier) error {
+	var base int64 // of the rows' seq: set for a call with ordering keys
+	if p.orderKeys != nil {
+		if err := q.QueryRow(ctx, orderLockSQL, c.db.args([]any{p.orderKeys})...).Scan(&base); err != nil {
+			return fmt.Errorf("lock ordering keys: %w", err)
+		}
+	}
 	for _, chunk := range p.chunks {
-		if err := c.insert(ctx, q, chunk); err != nil {
+		if err := c.insert(ctx, q, chunk, base); err != nil {
+			return err
+		}
+	}
+	if p.orderKeys != nil {
+		if err := p.promote(ctx, c, q); err != nil {
 			return err
 		}
 	}
@@ -343,8 +384,31 @@ func (p *setPlan) store(ctx context.Context, c *Client, q querier) error {
 	return nil
 }
 
-// insert runs setSQL for one chunk and marks the rows it inserted.
-func (c *Client) insert(ctx context.Context, q querier, rows []setRow) error {
+// promote makes due the first row of each (handler key, ordering key) the
+// call inserted rows of, if nothing is before it.
+func (p *setPlan) promote(ctx context.Context, c *Client, q querier) error {
+	var keys, orders []string
+	seen := make(map[[2]string]bool)
+	for _, r := range p.rows {
+		if r.inserted && r.order != "" && !seen[[2]string{r.route.key, r.order}] {
+			seen[[2]string{r.route.key, r.order}] = true
+			keys, orders = append(keys, r.route.key), append(orders, r.order)
+		}
+	}
+	if keys == nil {
+		return nil
+	}
+	_, err := q.Exec(ctx, promoteSQL, c.db.args([]any{keys, orders, make([]bool, len(keys))})...)
+	if err != nil {
+		return fmt.Errorf("make the first rows of their ordering keys due: %w", err)
+	}
+	return nil
+}
+
+// insert runs setSQL for one chunk and marks the rows it inserted. With
+// ordering keys in the call (base > 0), it runs setOrderedSQL, each row's
+// seq being base * 2^20 plus its record's position.
+func (c *Client) insert(ctx context.Context, q querier, rows []setRow, base int64) error {
 	n := len(rows)
 	ids := make([]pgtype.UUID, n)
 	keys := make([]string, n)
@@ -369,7 +433,18 @@ func (c *Client) insert(ctx context.Context, q querier, rows []setRow) error {
 			traces[i] = t
 		}
 	}
-	res, err := q.Query(ctx, setSQL, c.db.args([]any{ids, keys, types, payloads, hashes, limits, dates, c.notify, traces})...)
+	sql, args := setSQL, []any{ids, keys, types, payloads, hashes, limits, dates, c.notify, traces}
+	if base > 0 {
+		orders, seqs := make([]*string, n), make([]*int64, n)
+		for i, r := range rows {
+			if r.order != "" {
+				seq := base<<20 + int64(r.record)
+				orders[i], seqs[i] = &rows[i].order, &seq
+			}
+		}
+		sql, args = setOrderedSQL, append(args, orders, seqs)
+	}
+	res, err := q.Query(ctx, sql, c.db.args(args)...)
 	if err != nil {
 		return err
 	}

@@ -67,46 +67,66 @@ func (d db) queryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 	return d.pool.QueryRow(ctx, sql, d.args(args)...)
 }
 
+// stmt is a statement with its arguments.
+type stmt struct {
+	sql  string
+	args []any
+}
+
 // noFlush runs sql after noFlushSQL in one transaction, passing its rows to
-// scan.
-func (d db) noFlush(ctx context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
-	return d.after(ctx, noFlushSQL, scan, sql, args)
+// scan. The statements before, if any, run between the two.
+func (d db) noFlush(ctx context.Context, scan func(pgx.Rows) error, sql string, args []any, before ...stmt) error {
+	return d.inTx(ctx, append(append([]stmt{{sql: noFlushSQL}}, before...), stmt{sql, args}), len(before)+1, scan)
 }
 
 // tidOnly runs sql after tidOnlySQL in one transaction, passing its rows
-// to scan.
-func (d db) tidOnly(ctx context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
-	return d.after(ctx, tidOnlySQL, scan, sql, args)
+// to scan. The statements then, if any, run after it, in the transaction.
+func (d db) tidOnly(ctx context.Context, scan func(pgx.Rows) error, sql string, args []any, then ...stmt) error {
+	return d.inTx(ctx, append([]stmt{{sql: tidOnlySQL}, {sql, args}}, then...), 1, scan)
 }
 
 // keyOnly runs sql after keyOnlySQL in one transaction, passing its rows
-// to scan.
-func (d db) keyOnly(ctx context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
-	return d.after(ctx, keyOnlySQL, scan, sql, args)
+// to scan. The statements then, if any, run after it, in the transaction.
+func (d db) keyOnly(ctx context.Context, scan func(pgx.Rows) error, sql string, args []any, then ...stmt) error {
+	return d.inTx(ctx, append([]stmt{{sql: keyOnlySQL}, {sql, args}}, then...), 1, scan)
 }
 
-// after runs settings, then sql, in one transaction: one round trip as a
-// batch, or an explicit transaction where batches are not safe.
-func (d db) after(ctx context.Context, settings string, scan func(pgx.Rows) error, sql string, args []any) error {
+// inTx runs the statements in one transaction, each in a snapshot of its
+// own, passing the rows of the one at index scanned to scan: one round
+// trip as a batch, or an explicit transaction where batches are not safe.
+func (d db) inTx(ctx context.Context, stmts []stmt, scanned int, scan func(pgx.Rows) error) error {
 	if d.batches {
 		b := &pgx.Batch{}
-		b.Queue(settings)
-		b.Queue(sql, args...).Query(scan)
+		for i, s := range stmts {
+			q := b.Queue(s.sql, s.args...)
+			if i == scanned {
+				q.Query(scan)
+			}
+		}
 		return d.pool.SendBatch(ctx, b).Close()
 	}
 	return pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, settings, d.args(nil)...); err != nil {
-			return err
+		for i, s := range stmts {
+			if i != scanned {
+				if _, err := tx.Exec(ctx, s.sql, d.args(s.args)...); err != nil {
+					return err
+				}
+				continue
+			}
+			rows, err := tx.Query(ctx, s.sql, d.args(s.args)...)
+			if err != nil {
+				return err
+			}
+			err = scan(rows)
+			rows.Close()
+			if err != nil {
+				return err
+			}
+			if err := rows.Err(); err != nil {
+				return err
+			}
 		}
-		rows, err := tx.Query(ctx, sql, d.args(args)...)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		if err := scan(rows); err != nil {
-			return err
-		}
-		return rows.Err()
+		return nil
 	})
 }
 

@@ -28,7 +28,9 @@
 //     payload window, [WithPayloadRetention], 7 days): the row stays, with
 //     a hash of what was stored, so a redelivery is still a duplicate.
 //   - Rows are claimed roughly oldest first; there is no ordering guarantee
-//     between events.
+//     between events, except for records with the same ordering key
+//     ([Record.WithOrderingKey]): for each handler, they run one at a
+//     time, in the order Set stored them.
 //
 // # Usage
 //
@@ -113,6 +115,18 @@
 // for the running handlers, writes their results and delivers the dead
 // callbacks still owed. Called from one of the Inbox's own handlers or
 // callbacks it returns [ErrStopInHandler] instead of waiting for itself.
+//
+// # Ordered and controlled processing
+//
+// Records with an ordering key ([Record.WithOrderingKey]) run one at a
+// time per (handler key, ordering key), in stored order; a failed row holds
+// its key, a dead row parks it until [Admin.Replay] or [Admin.SkipParked]
+// (or the handler moves on: [HandlerMovesOnPastDead]), and a key with a
+// long backlog does not hold up other keys. [HandlerGlobalConcurrency]
+// limits a handler's rows in progress across every instance.
+// [Admin.Backfill] gives a handler added to an event type rows for the
+// events stored before it. [WithMaxBacklog] bounds the backlog of an event
+// type: Set then fails fast with an error wrapping [ErrBacklogFull].
 //
 // # Connection poolers
 //

@@ -117,7 +117,42 @@ var (
 	// left out because the callback did not keep up; the message says how
 	// many. Each of them was logged.
 	ErrErrorsDropped = errors.New("inbox: errors not passed to the error callback")
+
+	// ErrBacklogFull reports a Set refused because the backlog of one of
+	// its records' event types reached its bound ([WithMaxBacklog]).
+	// Nothing of the call was written. It is temporary: leave the message
+	// unacknowledged and retry later (the broker adapters retry the batch
+	// with a backoff and fetch nothing new meanwhile). Set returns it
+	// wrapped in a [*BacklogFullError].
+	ErrBacklogFull = errors.New("inbox: backlog full")
 )
+
+// BacklogFullError is the error of a Set refused by [WithMaxBacklog]: the
+// backlog of EventType (its rows not finished, over all its handler keys)
+// was at or over its limit. Nothing of the call was written. It wraps
+// [ErrBacklogFull]. It is temporary: the Set succeeds again once the
+// workers have brought the backlog under the limit.
+type BacklogFullError struct {
+	// EventType is the event type whose backlog is full: of several, the
+	// first in the order of the call's records.
+	EventType string
+	// Backlog is the figure the check used: the rows not finished when
+	// the backlog was last read, plus the rows this Client's Sets passed
+	// since (see [WithMaxBacklog] for how exact it is).
+	Backlog int64
+	// Limit is the bound set with WithMaxBacklog.
+	Limit int64
+}
+
+// Error says which event type is full and what to do.
+func (e *BacklogFullError) Error() string {
+	return fmt.Sprintf("%v: event type %q has %d rows not finished, the limit is %d; nothing was stored. "+
+		"This is temporary: leave the message unacknowledged and retry later, or raise WithMaxBacklog",
+		ErrBacklogFull, e.EventType, e.Backlog, e.Limit)
+}
+
+// Unwrap returns [ErrBacklogFull].
+func (e *BacklogFullError) Unwrap() error { return ErrBacklogFull }
 
 // ConflictError is the error of a Set that found conflicting duplicates
 // while [RejectConflicting] is set: records whose ids are stored already

@@ -129,6 +129,7 @@ var sentinelNames = map[error]string{
 	ErrDiscarded:      "inbox.ErrDiscarded",
 	ErrTxControl:      "inbox.ErrTxControl",
 	ErrRetryAfter:     "inbox.ErrRetryAfter",
+	ErrBacklogFull:    "inbox.ErrBacklogFull",
 }
 
 // ErrorType names the type of err's root cause, as the inbox stores it
@@ -147,7 +148,7 @@ func ErrorType(err error) string {
 	if errors.As(err, &te) && te.etype != "" {
 		return te.etype
 	}
-	for _, s := range []error{ErrHandlerTimeout, ErrLeaseLost, ErrTxControl, ErrDiscarded} {
+	for _, s := range []error{ErrHandlerTimeout, ErrLeaseLost, ErrTxControl, ErrDiscarded, ErrBacklogFull} {
 		if errors.Is(err, s) {
 			return sentinelNames[s]
 		}

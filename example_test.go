@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -290,6 +291,70 @@ func ExampleClient_SetWithResult() {
 	// new 1, duplicates 1, conflicting 1
 }
 
+// Backpressure: with the backlog of an event type at its bound, Set
+// refuses the call and writes nothing. The consumer leaves the message
+// unacknowledged and tries again later; once the workers have caught up,
+// Set stores it.
+func ExampleWithMaxBacklog() {
+	ctx := context.Background()
+	pool := examplePool()
+	defer pool.Close()
+	if err := inbox.Migrate(ctx, pool); err != nil {
+		fmt.Println(err)
+		return
+	}
+	registry := inbox.NewRegistry()
+	registry.On("order_created", inbox.HandlerFunc("h", func(context.Context, []byte) error { return nil }))
+	ib, err := inbox.New(pool, registry, inbox.WithMaxBacklog(2, "order_created"),
+		inbox.WithIterationRate(20*time.Millisecond), inbox.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	// Not started yet: nothing drains the backlog.
+	for i := range 3 {
+		rec, _ := inbox.NewRecord(uuid.New(), "order_created", []byte(`{}`))
+		err := ib.Client().Set(ctx, rec)
+		var full *inbox.BacklogFullError
+		switch {
+		case errors.As(err, &full):
+			// Do not ack; the broker redelivers, or retry after a pause.
+			fmt.Printf("message %d refused: %s backlog %d, limit %d\n", i, full.EventType, full.Backlog, full.Limit)
+			fmt.Println(errors.Is(err, inbox.ErrBacklogFull))
+		case err != nil:
+			fmt.Println(err)
+			return
+		default:
+			fmt.Printf("message %d stored\n", i) // ack it
+		}
+	}
+
+	if err := ib.Start(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer ib.Stop(ctx)
+	rec, _ := inbox.NewRecord(uuid.New(), "order_created", []byte(`{}`))
+	for { // the consumer retrying the message it did not ack
+		err := ib.Client().Set(ctx, rec)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, inbox.ErrBacklogFull) {
+			fmt.Println(err)
+			return
+		}
+		time.Sleep(100 * time.Millisecond) // a consumer's retry pause
+	}
+	fmt.Println("stored once the workers caught up")
+	// Output:
+	// message 0 stored
+	// message 1 stored
+	// message 2 refused: order_created backlog 2, limit 2
+	// true
+	// stored once the workers caught up
+}
+
 // Find why rows died, grouped by failure, and replay a group once its
 // cause is fixed: the rows run again and end done, and each row's history
 // records who replayed it and why.
@@ -357,4 +422,59 @@ func ExampleAdmin_Replay() {
 	// invoice.issued/mail: 3 dead: smtp: <n> try again later (invoice <n>)
 	// replayed: 3
 	// done 3, dead 0
+}
+
+// Events with the same ordering key run one at a time, in the order they
+// were stored; a failure holds the key's later events back until it
+// succeeds. Different keys run in parallel.
+func ExampleRecord_WithOrderingKey() {
+	ctx := context.Background()
+	pool := examplePool()
+	defer pool.Close()
+	if err := inbox.Migrate(ctx, pool); err != nil {
+		fmt.Println(err)
+		return
+	}
+	var mu sync.Mutex
+	var applied []string
+	failedOnce := false
+	all := make(chan struct{})
+	registry := inbox.NewRegistry()
+	registry.On("account_changed", inbox.HandlerFunc("balance", func(_ context.Context, p []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if string(p) == "deposit 10" && !failedOnce {
+			failedOnce = true
+			return errors.New("ledger busy") // retried; "withdraw 5" waits for it
+		}
+		applied = append(applied, string(p))
+		if len(applied) == 3 {
+			close(all)
+		}
+		return nil
+	}))
+	ib, _ := inbox.New(pool, registry, inbox.WithLogger(slog.New(slog.DiscardHandler)),
+		inbox.WithRetryBackoff(10*time.Millisecond, 10*time.Millisecond), inbox.WithIterationRate(20*time.Millisecond))
+	var recs []*inbox.Record
+	for _, p := range []string{"open", "deposit 10", "withdraw 5"} {
+		r, _ := inbox.NewRecord(uuid.New(), "account_changed", []byte(p))
+		recs = append(recs, r.WithOrderingKey("account-42"))
+	}
+	if err := ib.Client().Set(ctx, recs...); err != nil {
+		fmt.Println(err)
+		return
+	}
+	_ = ib.Start(ctx)
+	defer ib.Stop(ctx)
+	select {
+	case <-all:
+	case <-time.After(time.Minute):
+		fmt.Println("timed out")
+		return
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	fmt.Println(strings.Join(applied, ", "))
+	// Output:
+	// open, deposit 10, withdraw 5
 }

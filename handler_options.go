@@ -16,6 +16,8 @@ type handlerConfig struct {
 	maxAttempts             int
 	backoffBase, backoffMax time.Duration
 	concurrency             int
+	globalLimit             int
+	movesOn                 bool
 }
 
 func handlerInvalid(option string, value any, rule string) error {
@@ -73,6 +75,43 @@ func HandlerConcurrency(n int) HandlerOption {
 			return handlerInvalid("HandlerConcurrency", n, "must be between 1 and 100000")
 		}
 		c.concurrency = n
+		return nil
+	}
+}
+
+// HandlerGlobalConcurrency limits how many rows of this handler key are in
+// progress at once across every Inbox working on the same tables, in every
+// process: for a downstream API that allows only n concurrent calls. It is
+// exact: the claims of a limited handler key take turns (a transaction
+// advisory lock per key), and each counts the key's rows in progress
+// before it claims. A row counts from its claim until its result is
+// written, or its lease expires and it is claimed again; rows a worker
+// claimed ahead and has not started yet count too, so keep
+// [WithBatchSize] small beside n for an even spread across instances.
+// Register the same n for every event type the key handles: an Inbox
+// applies the smallest it was given.
+func HandlerGlobalConcurrency(n int) HandlerOption {
+	return func(c *handlerConfig) error {
+		if n < 1 || n > 1000000 {
+			return handlerInvalid("HandlerGlobalConcurrency", n, "must be between 1 and 1000000")
+		}
+		c.globalLimit = n
+		return nil
+	}
+}
+
+// HandlerMovesOnPastDead makes a dead row of this handler leave its
+// ordering key's order ([Record.WithOrderingKey]), so that the key's next
+// row runs. Without it, the default, a dead row parks its key: the key's
+// later rows wait until an operator replays the dead row ([Admin.Replay],
+// which keeps the order) or skips it ([Admin.SkipParked]). Parking is the
+// default because the point of ordering is that a later event must not
+// apply before an earlier one: a handler whose events are independent
+// enough to skip one chooses to. A dead row that left the order is
+// replayed on its own, without waiting for its key.
+func HandlerMovesOnPastDead() HandlerOption {
+	return func(c *handlerConfig) error {
+		c.movesOn = true
 		return nil
 	}
 }

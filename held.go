@@ -88,6 +88,7 @@ type job struct {
 	maxAttempts int
 	storedAt    time.Time
 	trace       string // the stored trace context, "" for none
+	order       string // the row's ordering key, "" for none
 	// ctid is where the row was at its claim or latest renewal: the
 	// writer reaches it there without an index lookup.
 	ctid pgtype.TID
@@ -150,6 +151,10 @@ type claimPlan struct {
 	types, keys []string
 	caps        []int32
 	capped      bool // some route is capped below n
+	// limitKeys are the handler keys in the plan with a global limit,
+	// each once, and limits their limits; nil for none.
+	limitKeys []string
+	limits    []int32
 }
 
 // plan returns the next claim's size and the routes it may take rows of,
@@ -180,8 +185,22 @@ func (h *held) plan(batch, minClaim int) (claimPlan, bool) {
 		}
 		p.capped = p.capped || c < p.n
 		p.types, p.keys, p.caps = append(p.types, r.eventType), append(p.keys, r.key), append(p.caps, int32(c))
+		if r.globalLimit > 0 {
+			p.limit(r.key, r.globalLimit)
+		}
 	}
 	return p, len(p.types) > 0
+}
+
+// limit notes a global limit of a handler key; of several, the smallest.
+func (p *claimPlan) limit(key string, n int) {
+	for i, k := range p.limitKeys {
+		if k == key {
+			p.limits[i] = min(p.limits[i], int32(n))
+			return
+		}
+	}
+	p.limitKeys, p.limits = append(p.limitKeys, key), append(p.limits, int32(n))
 }
 
 // add holds claimed rows as queued. A job of an earlier claim of the same

@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -123,8 +124,49 @@ func (w *worker) retention(ctx context.Context) (err error) {
 	if _, err := pruneHistory(ctx, w.db, dedup); err != nil {
 		return fmt.Errorf("delete old history: %w", err)
 	}
+	if n, err := promoteStranded(ctx, w.db); err != nil {
+		return fmt.Errorf("make the next rows of ordering keys due: %w", err)
+	} else if n > 0 {
+		w.log.Info("inbox: made due the next rows of ordering keys whose rows before were deleted", "keys", n)
+	}
 	_, err = w.db.exec(ctx, retentionDoneSQL, pgUUID(w.id))
 	return err
+}
+
+// strandedBatch is how many stranded ordering keys one transaction of
+// promoteStranded makes move on.
+const strandedBatch = 1000
+
+// promoteStranded makes due the first row of each ordering key that waits
+// with nothing before it (its predecessor was deleted), batch by batch,
+// each batch under its keys' locks. It returns how many keys it found.
+func promoteStranded(ctx context.Context, d db) (int, error) {
+	total := 0
+	for {
+		var keys, orders []string
+		rows, err := d.query(ctx, strandedSQL, strandedBatch)
+		if err != nil {
+			return total, err
+		}
+		var k, o string
+		if _, err := pgx.ForEachRow(rows, []any{&k, &o}, func() error {
+			keys, orders = append(keys, k), append(orders, o)
+			return nil
+		}); err != nil {
+			return total, err
+		}
+		if len(keys) == 0 {
+			return total, nil
+		}
+		stmts := []stmt{{orderLockOnlySQL, []any{orders}}, {promoteSQL, []any{keys, orders, make([]bool, len(keys))}}}
+		if err := d.inTx(ctx, stmts, -1, nil); err != nil {
+			return total, err
+		}
+		total += len(keys)
+		if len(keys) < strandedBatch {
+			return total, nil
+		}
+	}
 }
 
 // eraseFinished walks the table in chunks of blocks, deleting done and dead

@@ -30,6 +30,7 @@ type Record struct {
 	payload   []byte
 	eventDate time.Time
 	trace     string
+	order     string // ordering key, "" for none
 }
 
 // NewRecord validates and returns a record.
@@ -80,6 +81,30 @@ func (r *Record) WithTraceContext(traceContext string) *Record {
 	return &c
 }
 
+// WithOrderingKey returns a copy of the record carrying an ordering key,
+// such as an order, account or aggregate id. For each handler, the rows of
+// records with the same ordering key run one at a time, in the order Set
+// stored them (within one call, the order of its records), while rows of
+// other keys run in parallel. Rows without a key run as soon as they are
+// due. "" removes the key.
+//
+// A row that fails holds back its key's later rows until it succeeds or
+// dies; a dead row keeps holding them back (the key is "parked") until it
+// is replayed or skipped with [Admin.Replay] or [Admin.SkipParked], unless
+// its handler has [HandlerMovesOnPastDead]. Set rejects a key that is
+// blank, longer than [MaxEventTypeLength] bytes or not valid text.
+func (r *Record) WithOrderingKey(key string) *Record {
+	if r == nil {
+		return nil // Set reports the nil record
+	}
+	c := *r
+	c.order = key
+	return &c
+}
+
+// OrderingKey returns the record's ordering key, "" for none.
+func (r *Record) OrderingKey() string { return r.order }
+
 // TraceContext returns the record's own trace context, "" for none.
 func (r *Record) TraceContext() string { return r.trace }
 
@@ -107,6 +132,11 @@ func (r *Record) validate() error {
 	}
 	if r.eventDate.IsZero() {
 		return fmt.Errorf("%w: event %s has no event date; build records with NewRecord", ErrInvalidRecord, r.id)
+	}
+	if r.order != "" {
+		if err := validateName("ordering key", r.order); err != nil {
+			return fmt.Errorf("%w: event %s: %w", ErrInvalidRecord, r.id, err)
+		}
 	}
 	if err := ValidateTraceContext(r.trace); err != nil {
 		return fmt.Errorf("event %s: %w", r.id, err)
@@ -159,8 +189,14 @@ type RecordState struct {
 	CreatedAt     time.Time `json:"created_at"`
 	UpdatedAt     time.Time `json:"updated_at"`
 	// NextAttemptAt is when the row is next due, for Null and Failed rows;
-	// nil otherwise.
+	// nil otherwise, and for a row that waits for its ordering key.
 	NextAttemptAt *time.Time `json:"next_attempt_at"`
+	// OrderingKey is the row's ordering key ([Record.WithOrderingKey]), ""
+	// for none (and for a dead row that left its key's order).
+	OrderingKey string `json:"ordering_key,omitempty"`
+	// Waiting reports a pending row that waits for the rows before it of
+	// its ordering key to finish.
+	Waiting bool `json:"waiting,omitempty"`
 	// ErrorType names the type of the last failure's root cause: the Go
 	// type (such as "*net.OpError"), or the inbox's own failure (such as
 	// "inbox.ErrHandlerTimeout"); "" before any failure.

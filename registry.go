@@ -249,6 +249,12 @@ type route struct {
 	// concurrency is the most runs at once in one Inbox; 0 for no limit of
 	// its own.
 	concurrency int
+	// globalLimit is the most rows of the handler key in progress across
+	// every Inbox ([HandlerGlobalConcurrency]); 0 for no limit.
+	globalLimit int
+	// movesOn: a dead row leaves its ordering key's order instead of
+	// parking the key ([HandlerMovesOnPastDead]).
+	movesOn bool
 	// index is the route's position in routes.list.
 	index int
 }
@@ -296,6 +302,8 @@ func (r *Registry) snapshot(cfg *config) (*routes, error) {
 				backoffBase: cmp.Or(reg.cfg.backoffBase, cfg.backoffBase),
 				backoffMax:  cmp.Or(reg.cfg.backoffMax, cfg.backoffMax),
 				concurrency: reg.cfg.concurrency,
+				globalLimit: reg.cfg.globalLimit,
+				movesOn:     reg.cfg.movesOn,
 				index:       len(rt.list),
 			}
 			ro.tx, _ = reg.h.(TxHandler)

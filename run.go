@@ -228,6 +228,13 @@ func (w *worker) runTx(ctx context.Context, j *job, payload []byte) (bool, error
 	if tag.RowsAffected() != 1 {
 		return false, fmt.Errorf("%w: row was taken over before the transaction committed; its writes were rolled back", ErrLeaseLost)
 	}
+	var next promotions
+	next.add(j, string(Done))
+	for _, s := range next.stmts() {
+		if _, err := tx.Exec(ctx, s.sql, w.db.args(s.args)...); err != nil {
+			return false, fmt.Errorf("make the next row of ordering key %q due: %w", j.order, err)
+		}
+	}
 	// The row is locked by tx and cannot be taken over: finish the commit
 	// even if the handler's context ends meanwhile, so that a commit that
 	// happened is not reported as failed.

@@ -1,5 +1,7 @@
 package inbox
 
+import "strconv"
+
 // Every statement the package runs. Table names are unqualified: the inbox
 // lives in the schema the connection's search_path resolves to.
 //
@@ -25,6 +27,20 @@ package inbox
 var setSQL = `
 INSERT INTO inbox_records (event_id, handler_key, event_type, payload, payload_hash, max_attempts, event_date, trace_context)
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int4[], $7::timestamptz[], $9::text[])
+ON CONFLICT (event_id, handler_key) DO NOTHING
+RETURNING event_id, handler_key, CASE WHEN $8::bool THEN ` + notifySQL + ` END IS NULL`
+
+// setOrderedSQL is setSQL for a call with ordering keys: $10 are the
+// rows' ordering keys (NULL for none) and $11 their seq. A row with a key
+// is stored waiting (due at 'infinity'); promoteSQL then makes the first
+// of each key due. It runs after orderLockSQL took the call's keys.
+var setOrderedSQL = `
+INSERT INTO inbox_records (event_id, handler_key, event_type, payload, payload_hash, max_attempts, event_date, trace_context,
+                           ordering_key, seq, due_at)
+SELECT u.*, CASE WHEN u.ordering_key IS NULL THEN now() ELSE 'infinity' END
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int4[], $7::timestamptz[], $9::text[],
+            $10::text[], $11::int8[])
+     AS u(event_id, handler_key, event_type, payload, payload_hash, max_attempts, event_date, trace_context, ordering_key, seq)
 ON CONFLICT (event_id, handler_key) DO NOTHING
 RETURNING event_id, handler_key, CASE WHEN $8::bool THEN ` + notifySQL + ` END IS NULL`
 
@@ -117,32 +133,61 @@ const pausedSQL = `SELECT FROM inbox_pauses s WHERE s.event_type IN ('', p.t) AN
 // concurrency) and releases the others at commit. Whenever a row is locked
 // one is claimed: the oldest due row is within every cap (a pair with no
 // free concurrency is not passed at all).
-var claimSQL = claimWith(false)
+//
+// A row with an ordering key is claimed only while no earlier row of its
+// (handler key, ordering key) is unfinished or parked dead: the first of
+// its key. Later rows wait outside the due range (promoteSQL makes each
+// due in turn), so the claim seldom meets one; the check makes sure.
+//
+// claimLimitedSQL is claimCappedSQL with global limits too: of handler
+// key $10[i], at most $11[i] rows in progress across every worker, those
+// counted included. It runs after limitLockSQL took the limited keys'
+// locks, in a new snapshot: the claims of a limited key take turns, and
+// each sees every row the others claimed.
+var claimSQL = claimWith(false, false)
 
-var claimCappedSQL = claimWith(true)
+var claimCappedSQL = claimWith(true, false)
 
-// claimWith builds claimSQL, or claimCappedSQL when capped.
-func claimWith(capped bool) string {
+var claimLimitedSQL = claimWith(true, true)
+
+// claimWith builds claimSQL, claimCappedSQL (capped) or claimLimitedSQL
+// (capped and limited).
+func claimWith(capped, limited bool) string {
 	from, picked := "due", ""
 	if capped {
-		from, picked = "picked", `, picked AS MATERIALIZED (
+		room, within := "", ""
+		if limited {
+			room = `, room AS MATERIALIZED (
+    SELECT l.k, greatest(l.n - (SELECT count(*) FROM inbox_records r
+                                WHERE r.handler_key = l.k AND r.status = 'progress'), 0) AS n
+    FROM unnest($10::text[], $11::int[]) AS l(k, n)
+)`
+			within = `
+      AND d.nth_key <= coalesce((SELECT n FROM room WHERE room.k = d.handler_key), d.nth_key)`
+		}
+		from, picked = "picked", room+`, picked AS MATERIALIZED (
     SELECT d.* FROM (
-        SELECT due.*, row_number() OVER (PARTITION BY event_type, handler_key ORDER BY due_at) AS nth
+        SELECT due.*, row_number() OVER (PARTITION BY event_type, handler_key ORDER BY due_at) AS nth,
+               row_number() OVER (PARTITION BY handler_key ORDER BY due_at) AS nth_key
         FROM due
     ) d
     JOIN unnest($1::text[], $2::text[], $9::int[]) AS p(event_type, handler_key, cap)
       ON p.event_type = d.event_type AND p.handler_key = d.handler_key
-    WHERE d.nth <= p.cap
+    WHERE d.nth <= p.cap`+within+`
 )`
 	}
 	return `
 WITH due AS MATERIALIZED (
     SELECT ctid, event_id, handler_key, event_type, status, due_at, octet_length(payload) AS size
-    FROM inbox_records
+    FROM inbox_records AS f
     WHERE status IN ('', 'failed', 'progress')
       AND due_at <= now()
       AND (event_type, handler_key) IN (SELECT * FROM unnest($1::text[], $2::text[]) AS p(t, k)
                                         WHERE NOT EXISTS (` + pausedSQL + `))
+      AND (ordering_key IS NULL OR NOT EXISTS (
+            SELECT FROM inbox_records e
+            WHERE e.handler_key = f.handler_key AND e.ordering_key = f.ordering_key
+              AND e.seq < f.seq AND e.status <> 'done'))
     ORDER BY due_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -167,7 +212,7 @@ WITH due AS MATERIALIZED (
     WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM ` + from + `))
     RETURNING (SELECT count(*) FROM due), r.ctid, r.event_id, r.event_type, r.handler_key,
               CASE WHEN (SELECT ok FROM inline) THEN r.payload END, r.attempts, r.claims, r.max_attempts,
-              r.status, r.last_error, r.created_at, r.trace_context, NOT (SELECT ok FROM inline),
+              r.status, r.last_error, r.created_at, r.trace_context, r.ordering_key, NOT (SELECT ok FROM inline),
               (SELECT any_rescued FROM rescues)
               AND EXISTS (SELECT FROM due d WHERE d.status = 'progress'
                           AND d.event_id = r.event_id AND d.handler_key = r.handler_key)
@@ -410,6 +455,159 @@ const schemaVersionSQL = `SELECT coalesce(max(version_id), 0) FROM ` + VersionTa
 
 const serverVersionSQL = `SELECT current_setting('server_version_num')::int, current_schema()`
 
+// Ordered processing and global concurrency limits.
+
+// Classes (first keys) of the transaction-level advisory locks that order
+// Sets and finishes of the rows of one ordering key, and that make the
+// claims of a handler with a global limit take turns. The second key is a
+// hash of the schema and the ordering or handler key; keys that collide
+// merely take turns too.
+const (
+	orderLockClass = 1768846959
+	limitLockClass = 1768846960
+)
+
+// keyLocks takes the advisory locks of class on the keys $1 in the
+// current schema, in ascending order: two transactions that lock keys in
+// common never wait for each other in a cycle. It counts the distinct
+// locks. A key's lock is one of lockBuckets, by a hash of the schema and
+// the key: a transaction holds at most lockBuckets of them, however many
+// keys it names (the server's lock table is shared and bounded,
+// max_locks_per_transaction per connection), and keys that share a
+// bucket merely take turns.
+func keyLocks(class int) string {
+	return `SELECT count(pg_advisory_xact_lock(` + strconv.Itoa(class) + `, h)) FROM (
+    SELECT DISTINCT hashtext(current_schema() || '/' || k) & ` + strconv.Itoa(lockBuckets-1) + ` AS h
+    FROM unnest($1::text[]) AS k ORDER BY 1
+) s`
+}
+
+// lockBuckets is how many advisory locks of a class there are per schema.
+const lockBuckets = 256
+
+// orderLockSQL takes the locks of the ordering keys $1 (a Set, a finish
+// or an operator's action on their rows holds them until it commits) and
+// draws a new value of inbox_order_seq, for a Set's rows' seq: value *
+// 2^20 + position in the call. Sets of one key thus take turns, and their
+// rows' order is their commit order.
+var orderLockSQL = `SELECT nextval('inbox_order_seq') FROM (` + keyLocks(orderLockClass) + `) l`
+
+// orderLockOnlySQL takes the locks of the ordering keys $1.
+var orderLockOnlySQL = keyLocks(orderLockClass)
+
+// limitLockSQL takes the locks of the handler keys $1 that have a global
+// concurrency limit, for claimLimitedSQL.
+var limitLockSQL = keyLocks(limitLockClass)
+
+// promoteSQL makes due the first row of each (handler key $1[i], ordering
+// key $2[i]) if it waits: the row after one that finished. With $3[i], the
+// key's dead rows first leave its order (their ordering key is cleared), so
+// that the key moves on past them: an operator's skip, or a handler that
+// moves on past dead rows. Run it after orderLockSQL took the keys, in a
+// statement of its own: its snapshot then holds every row that Sets of
+// these keys committed, and no Set of them runs until this transaction
+// ends. Whichever of a Set and a finish takes a key's lock second sees
+// what the first did: the Set stores its row due when the row before it
+// finished, or the finish makes the Set's row due.
+const promoteSQL = `
+WITH k AS MATERIALIZED (
+    SELECT DISTINCT h, o, skip FROM unnest($1::text[], $2::text[], $3::bool[]) AS k(h, o, skip)
+), skipped AS (
+    UPDATE inbox_records d SET ordering_key = NULL, updated_at = now()
+    WHERE d.ctid = ANY (ARRAY(
+            SELECT x.ctid FROM k CROSS JOIN LATERAL (
+                SELECT r.ctid FROM inbox_records r
+                WHERE r.handler_key = k.h AND r.ordering_key = k.o AND r.status = 'dead'
+                OFFSET 0) x -- not pulled up: an index lookup per key
+            WHERE k.skip))
+      AND d.status = 'dead' AND d.ordering_key IS NOT NULL
+    RETURNING d.event_id
+), head AS MATERIALIZED (
+    SELECT (SELECT r.ctid FROM inbox_records r
+            WHERE r.handler_key = k.h AND r.ordering_key = k.o AND r.status <> 'done'
+              AND NOT (k.skip AND r.status = 'dead')
+            ORDER BY r.seq LIMIT 1) AS row_ctid
+    FROM k
+), promoted AS (
+    UPDATE inbox_records r SET due_at = now(), updated_at = now()
+    WHERE r.ctid = ANY (ARRAY(SELECT row_ctid FROM head WHERE row_ctid IS NOT NULL))
+      AND r.status = '' AND r.due_at = 'infinity'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM skipped), (SELECT count(*) FROM promoted)`
+
+// strandedSQL finds up to $1 keys whose first row waits although nothing
+// is before it: its predecessor was deleted (Admin.Delete, retention of a
+// parked dead row) or died under a handler that moves on, in a worker
+// that stopped before it could make the next due. Maintenance promotes
+// them. It reads the whole order index: it runs with retention.
+const strandedSQL = `
+SELECT handler_key, ordering_key FROM (
+    SELECT DISTINCT ON (handler_key, ordering_key) handler_key, ordering_key, status, due_at
+    FROM inbox_records
+    WHERE ordering_key IS NOT NULL AND status <> 'done'
+    ORDER BY handler_key, ordering_key, seq
+) h
+WHERE status = '' AND due_at = 'infinity'
+LIMIT $1`
+
+// skipHistorySQL records, for the dead rows of (handler key $1, ordering
+// key $2) that are about to leave its order, that operator $3 skipped them
+// for reason $4. Run before promoteSQL, in its transaction.
+const skipHistorySQL = `
+INSERT INTO inbox_history (event_id, handler_key, kind, attempt, actor, text)
+SELECT event_id, handler_key, 'skipped', attempts, $3, $4 FROM inbox_records
+WHERE handler_key = $1 AND ordering_key = $2 AND status = 'dead'`
+
+// keyDeadSQL counts the dead rows of (handler key $1, ordering key $2).
+const keyDeadSQL = `
+SELECT count(*) FROM inbox_records WHERE handler_key = $1 AND ordering_key = $2 AND status = 'dead'`
+
+// parkedSQL lists up to $1 parked keys: each (handler key, ordering key)
+// whose first unfinished row is dead, with that row, when it died, and how
+// many rows of the key wait behind it; most waiting first.
+const parkedSQL = `
+SELECT d.handler_key, d.ordering_key, d.event_id, d.event_type, d.updated_at,
+       (SELECT count(*) FROM inbox_records w
+        WHERE w.handler_key = d.handler_key AND w.ordering_key = d.ordering_key
+          AND w.status <> 'done' AND w.seq > d.seq) AS waiting
+FROM inbox_records d
+WHERE d.status = 'dead' AND d.ordering_key IS NOT NULL
+  AND NOT EXISTS (SELECT FROM inbox_records e
+                  WHERE e.handler_key = d.handler_key AND e.ordering_key = d.ordering_key
+                    AND e.status <> 'done' AND e.seq < d.seq)
+ORDER BY waiting DESC, d.updated_at, d.handler_key, d.ordering_key
+LIMIT $1`
+
+// backfillPickSQL returns the next events (up to $5) of event type $1
+// stored at or after $2, after event id $3, in event id order: for each,
+// whether one of its rows still holds the payload, whether handler $4 has
+// a row of it already, and its ordering key. It walks the primary key.
+const backfillPickSQL = `
+SELECT event_id, bool_or(payload IS NOT NULL), bool_or(handler_key = $4), max(ordering_key)
+FROM inbox_records
+WHERE event_id > $3 AND event_type = $1 AND created_at >= $2
+GROUP BY event_id
+ORDER BY event_id
+LIMIT $5`
+
+// backfillSQL stores a row of handler $2 (at most $3 attempts) for each
+// event $1 of event type $4 that has none, copied from one of the event's
+// rows that still holds the payload: same payload, event date, trace
+// context and place in its ordering key's order. A row with an ordering key
+// is stored waiting, as Set stores it; promoteSQL makes the first due.
+// It returns the ordering key (or NULL) of each row stored.
+const backfillSQL = `
+INSERT INTO inbox_records (event_id, handler_key, event_type, payload, payload_hash, max_attempts, event_date, trace_context,
+                           ordering_key, seq, due_at)
+SELECT DISTINCT ON (event_id) event_id, $2, event_type, payload, payload_hash, $3, event_date, trace_context,
+       ordering_key, seq, CASE WHEN ordering_key IS NULL THEN now() ELSE 'infinity' END
+FROM inbox_records
+WHERE event_id = ANY ($1::uuid[]) AND event_type = $4 AND payload IS NOT NULL
+ORDER BY event_id, created_at
+ON CONFLICT (event_id, handler_key) DO NOTHING
+RETURNING ordering_key`
+
 // Operations ([Admin]).
 
 // foldLockSQL lets one fold of the counters run at a time per schema; the
@@ -474,6 +672,29 @@ SELECT event_type, handler_key, minute, sum(done)::bigint, sum(dead)::bigint FRO
 ) t
 GROUP BY 1, 2, 3`
 
+// Backpressure (WithMaxBacklog).
+
+// backlogSQL returns, for each of the event types $1 that has any, its
+// rows not finished (pending, failed or in progress, over all its handler
+// keys) as statsCountsSQL counts them: the folded counts plus the deltas
+// not folded yet, in one snapshot, without reading inbox_records. A last
+// row with a NULL event type gives the number of unfolded delta rows (of
+// any type), for the reader to fold them when they pile up.
+const backlogSQL = `
+WITH d AS MATERIALIZED (
+    SELECT event_type, status, n FROM inbox_count_deltas
+)
+SELECT event_type, sum(n)::bigint FROM (
+    SELECT event_type, n FROM inbox_counts
+    WHERE event_type = ANY ($1::text[]) AND status IN ('', 'failed', 'progress')
+    UNION ALL
+    SELECT event_type, n FROM d
+    WHERE event_type = ANY ($1::text[]) AND status IN ('', 'failed', 'progress')
+) c
+GROUP BY 1
+UNION ALL
+SELECT NULL, count(*) FROM d`
+
 const nowSQL = `SELECT now()`
 
 const versionTableSQL = `SELECT to_regclass('` + VersionTable + `') IS NOT NULL`
@@ -491,7 +712,8 @@ const resumeSQL = `DELETE FROM inbox_pauses WHERE event_type = $1 AND handler_ke
 // statements that return rows.
 const rowColumns = `event_id, event_type, handler_key, status, attempts, max_attempts, last_error,
        payload IS NULL, event_date, created_at, updated_at,
-       CASE WHEN status IN ('', 'failed') THEN due_at END, coalesce(error_type, '')`
+       CASE WHEN status IN ('', 'failed') AND due_at <> 'infinity' THEN due_at END, coalesce(error_type, ''),
+       coalesce(ordering_key, ''), status = '' AND due_at = 'infinity'`
 
 // normalisedErrorExpr is a row's last error with what varies from one
 // occurrence of a failure to the next replaced by placeholders: uuids by

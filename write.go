@@ -39,7 +39,9 @@ func (w *worker) write(batch []*job) {
 	now := time.Now()
 	var retries []time.Time // when the failed rows are due again
 	released := false
+	var next promotions
 	add := func(j *job, status string, text *string, count bool, due *time.Time) {
+		next.add(j, status)
 		ctids, ids, keys, claims = append(ctids, j.ctid), append(ids, pgUUID(j.id)), append(keys, j.key), append(claims, int32(j.claim))
 		statuses, errs, counted, dues = append(statuses, status), append(errs, text), append(counted, count), append(dues, due)
 		var etype *string
@@ -89,7 +91,7 @@ func (w *worker) write(batch []*job) {
 		w.deadCalls.remember(k, deadClaims[k], rec)
 	}
 	started := time.Now()
-	written, err := w.complete(ctids, ids, keys, claims, statuses, errs, types, counted, dues)
+	written, err := w.complete(ctids, ids, keys, claims, statuses, errs, types, counted, dues, next.stmts())
 	if w.cfg.hooks != nil {
 		lost := len(keys) - len(written)
 		if err != nil {
@@ -124,8 +126,11 @@ func (w *worker) write(batch []*job) {
 // ctid was read has moved the row, and the statement misses it. A second
 // statement writes the missed rows, found by key; a row missed again is no
 // longer the worker's.
+//
+// The statements then run after each in the same transaction: they make
+// the next rows of finished ordered rows due.
 func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, claims []int32, statuses []string,
-	errs, types []*string, counted []bool, dues []*time.Time) (map[rowID]bool, error) {
+	errs, types []*string, counted []bool, dues []*time.Time, then []stmt) (map[rowID]bool, error) {
 	written := make(map[rowID]bool, len(ids))
 	// mark records the rows a statement wrote: it returns the positions,
 	// from 1, in the arrays it was given, whose keys are ids and keys.
@@ -142,7 +147,7 @@ func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, 
 	err := w.retry(w.writeCtx, "write results", func() error {
 		clear(written)
 		return w.db.tidOnly(w.writeCtx, mark(ids, keys), completeSQL,
-			ctids, ids, keys, claims, statuses, errs, counted, dues, w.deadBy, pgUUID(w.id), types)
+			[]any{ctids, ids, keys, claims, statuses, errs, counted, dues, w.deadBy, pgUUID(w.id), types}, then...)
 	})
 	if err != nil || len(written) == len(ids) {
 		return written, err
@@ -168,9 +173,40 @@ func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, 
 			delete(written, rowID{mIDs[i].Bytes, mKeys[i]})
 		}
 		return w.db.keyOnly(w.writeCtx, mark(mIDs, mKeys), completeByKeySQL,
-			mIDs, mKeys, mClaims, mStatuses, mErrs, mCounted, mDues, w.deadBy, pgUUID(w.id), mTypes)
+			[]any{mIDs, mKeys, mClaims, mStatuses, mErrs, mCounted, mDues, w.deadBy, pgUUID(w.id), mTypes}, then...)
 	})
 	return written, err
+}
+
+// promotions are the ordering keys whose next row a write makes due: of
+// rows done, and of rows dead under a handler that moves on past dead rows
+// (their key then leaves their order). A parked key (a dead row, by
+// default) makes nothing due.
+type promotions struct {
+	keys, orders []string
+	skip         []bool
+}
+
+// add notes the key of job j, written with status.
+func (p *promotions) add(j *job, status string) {
+	if j.order == "" {
+		return
+	}
+	switch {
+	case status == string(Done):
+		p.keys, p.orders, p.skip = append(p.keys, j.key), append(p.orders, j.order), append(p.skip, false)
+	case status == string(Dead) && j.route.movesOn:
+		p.keys, p.orders, p.skip = append(p.keys, j.key), append(p.orders, j.order), append(p.skip, true)
+	}
+}
+
+// stmts returns the statements that lock the keys and promote their next
+// rows; none when there is nothing to promote.
+func (p *promotions) stmts() []stmt {
+	if len(p.keys) == 0 {
+		return nil
+	}
+	return []stmt{{orderLockOnlySQL, []any{p.orders}}, {promoteSQL, []any{p.keys, p.orders, p.skip}}}
 }
 
 // deadRecord describes a row that dies with err.
@@ -233,6 +269,6 @@ func (w *worker) renew(items []renewItem) ([]renewedRow, []renewItem, error) {
 			return nil
 		})
 		return err
-	}, renewSQL, ids, keys, claims, pgUUID(w.id), w.cfg.lease.Milliseconds())
+	}, renewSQL, []any{ids, keys, claims, pgUUID(w.id), w.cfg.lease.Milliseconds()})
 	return renewed, lost, err
 }
