@@ -32,10 +32,13 @@ func commands() []*command {
 		listCommand(),
 		showCommand(),
 		deadCommand(),
+		parkedCommand(),
 		replayCommand(),
+		skipCommand(),
 		discardCommand(),
 		deleteCommand(),
 		purgeCommand(),
+		backfillCommand(),
 		pauseCommand(),
 		resumeCommand(),
 		serveCommand(),
@@ -73,18 +76,19 @@ Output:
   Human tables by default; --json writes one JSON document to stdout for
   scripts (each command's help gives its shape). Errors go to stderr.
 
-Destructive commands (replay, discard, delete, purge) count what they would
-change first. --dry-run prints the count and changes nothing. On a terminal
-they ask for confirmation; without a terminal they refuse unless --yes is
-given. Ctrl-C stops them between batches.
+Commands that change rows (replay, skip, discard, delete, purge, backfill)
+count what they would change first. --dry-run prints the count and changes
+nothing. On a terminal they ask for confirmation; without a terminal they
+refuse unless --yes is given. Ctrl-C stops them between batches.
 
 Exit codes:
   0  success, including "nothing matched" and dry runs
-  1  failure: database error, event or pause not found, an action that
-     stopped part way or was not confirmed
+  1  failure: database error, event, pause or parked key not found, an
+     action that stopped part way or was not confirmed, a replay or
+     backfill that left rows aside because retention erased their payload
   2  usage: unknown command or flag, bad flag value or filter, missing
-     database URL, a destructive command without a filter, or without
-     --yes when stdin is not a terminal
+     database URL, a destructive command without a filter, or a changing
+     command without --yes when stdin is not a terminal
 
 Environment:
   DATABASE_URL   default for --database-url

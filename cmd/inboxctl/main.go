@@ -1,7 +1,8 @@
 // Command inboxctl operates an inbox table: it migrates the schema,
 // reports statistics and workers, lists and shows rows, groups dead rows
-// by failure, replays, discards and deletes rows, runs retention, pauses
-// and resumes handlers, and serves the web dashboard. It is a thin shell
+// by failure, replays, discards and deletes rows, lists and skips parked
+// ordering keys, backfills a handler added to an event type, runs
+// retention, pauses and resumes handlers, and serves the web dashboard. It is a thin shell
 // over [inbox.Admin] and needs only a connection to the database: no
 // registry, no running workers.
 //
@@ -23,9 +24,9 @@
 // # Exit codes
 //
 //	0  success (also: nothing matched, so nothing was done; a dry run)
-//	1  failure: the database, an event or pause not found, a bulk action
-//	   that stopped part way (interrupted, or rows whose payload was
-//	   erased), a confirmation answered no
+//	1  failure: the database, an event, pause or parked key not found, a
+//	   bulk action that stopped part way (interrupted, or rows whose
+//	   payload was erased: replay, backfill), a confirmation answered no
 //	2  usage: unknown command or flag, a bad flag value, a bad filter
 //	   (inbox.ErrInvalidFilter), a missing database URL, a destructive
 //	   command without a filter, or a destructive command run without a
@@ -33,13 +34,14 @@
 //
 // # Destructive commands
 //
-// replay, discard, delete and purge first count the rows they would
-// change. --dry-run prints that count and changes nothing. On a terminal
-// they then ask for confirmation (y/N); when stdin is not a terminal they
-// refuse (exit 2) unless --yes is given. While they run, a terminal's
-// stderr shows their progress. Ctrl-C (SIGINT) or SIGTERM stops them
-// between batches; rows already changed stay changed, and the command
-// says how many.
+// replay, skip, discard, delete, purge and backfill first count the rows
+// they would change. --dry-run prints that count and changes nothing. On
+// a terminal they then ask for confirmation (y/N); when stdin is not a
+// terminal they refuse (exit 2) unless --yes is given. While they run, a
+// terminal's stderr shows their progress. Ctrl-C (SIGINT) or SIGTERM
+// stops them between batches; rows already changed stay changed, and the
+// command says how many (backfill also prints the command that continues
+// where it stopped).
 //
 // # JSON output
 //
@@ -66,18 +68,31 @@
 //	   "status": "null"|"progress"|"failed"|"done"|"dead" ("null" is pending),
 //	   "attempts", "max_attempts", "last_error", "error_type",
 //	   "payload_erased", "event_date", "created_at", "updated_at",
-//	   "next_attempt_at" (null unless pending or failed)}
+//	   "next_attempt_at" (null unless pending or failed, and while waiting),
+//	   "ordering_key" ("" for none), "waiting" (pending behind earlier rows
+//	   of its ordering key)}
 //	show
 //	  {"event_id", "event_type", "event_date", "stored_at",
 //	   "payload" (base64, null when erased), "payload_erased",
 //	   "rows": [Row], "history": [{"handler_key", "at",
-//	   "kind": "failed"|"dead"|"replayed", "attempt", "actor", "text"}]}
+//	   "kind": "failed"|"dead"|"replayed"|"skipped", "attempt", "actor",
+//	   "text"}]}
 //	dead groups
 //	  {"groups": [{"fingerprint", "event_type", "handler_key", "error_type",
 //	   "pattern", "count", "first_seen", "last_seen", "sample"}]}
 //	replay, discard, delete
 //	  {"action": "replay", "dry_run": false, "matched": 5, "changed": 5,
 //	   "payload_erased": 0}
+//	parked
+//	  {"parked": [{"handler_key", "ordering_key", "event_id", "event_type",
+//	   "dead_since", "waiting"}]}
+//	skip
+//	  {"action": "skip", "dry_run": false, "handler_key", "ordering_key",
+//	   "matched": 1, "changed": 1}
+//	backfill
+//	  {"action": "backfill", "dry_run": false, "event_type", "handler_key",
+//	   "matched": 480, "created": 480, "existing": 0, "payload_erased": 20,
+//	   "resume": ""}                           // resume: a token when stopped part way
 //	purge
 //	  {"action": "purge", "dry_run": false, "matched_rows": 3,
 //	   "matched_payloads": 10, "rows_deleted": 3, "payloads_erased": 10,
@@ -87,7 +102,8 @@
 //	resume
 //	  {"resumed": {"event_type", "handler_key"}}
 //
-// Lists ("handlers", "rows", "groups", "workers", "history", "pauses") are
+// Lists ("handlers", "rows", "groups", "workers", "history", "pauses",
+// "parked") are
 // [] when empty, never null. A bulk action that fails part way still
 // prints its result before exiting 1.
 package main

@@ -43,6 +43,8 @@ type row struct {
 	CreatedAt     time.Time  `json:"created_at"`
 	UpdatedAt     time.Time  `json:"updated_at"`
 	NextAttemptAt *time.Time `json:"next_attempt_at"`
+	OrderingKey   string     `json:"ordering_key"`
+	Waiting       bool       `json:"waiting"`
 }
 
 func rowOf(s inbox.RecordState) row {
@@ -51,6 +53,7 @@ func rowOf(s inbox.RecordState) row {
 		Status: s.Status.String(), Attempts: s.Attempts, MaxAttempts: s.MaxAttempts,
 		LastError: s.LastError, ErrorType: s.ErrorType, PayloadErased: s.PayloadErased,
 		EventDate: s.EventDate, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt, NextAttemptAt: s.NextAttemptAt,
+		OrderingKey: s.OrderingKey, Waiting: s.Waiting,
 	}
 }
 

@@ -165,7 +165,8 @@ type page struct {
 const listJSON = `{"rows": [{"event_id", "event_type", "handler_key",
  "status": "null"|"progress"|"failed"|"done"|"dead",   ("null" is pending)
  "attempts", "max_attempts", "last_error", "error_type", "payload_erased",
- "event_date", "created_at", "updated_at", "next_attempt_at"}],
+ "event_date", "created_at", "updated_at", "next_attempt_at",
+ "ordering_key", "waiting"}],   (waiting: behind earlier rows of its key)
  "next": "TOKEN"}   ("" after the last page)`
 
 func listCommand() *command {
@@ -260,13 +261,14 @@ func showCommand() *command {
 		help: `
 Show prints one event: its type and dates, its payload (text, up to 4 KiB;
 --json has it all), the row of each handler key with its status, attempts
-and last error, and the history of failed attempts and replays. It exits 1
-when no row of the event is stored.`,
+and last error, and the history of failed attempts, replays and skips. A
+row that waits for the earlier rows of its ordering key shows "waiting" as
+its next attempt. It exits 1 when no row of the event is stored.`,
 		json: `{"event_id", "event_type", "event_date", "stored_at",
  "payload": "BASE64" (null once erased), "payload_erased",
  "rows": [Row, as in 'inboxctl help list'],
- "history": [{"handler_key", "at", "kind": "failed"|"dead"|"replayed",
- "attempt", "actor", "text"}]}`,
+ "history": [{"handler_key", "at",
+ "kind": "failed"|"dead"|"replayed"|"skipped", "attempt", "actor", "text"}]}`,
 		examples: []string{
 			"inboxctl show 0b5e2c1a-6f43-4d5e-9a43-2f9f0d1c7b21",
 			"inboxctl show 0b5e2c1a-6f43-4d5e-9a43-2f9f0d1c7b21 --json | jq -r .payload | base64 -d",
@@ -329,7 +331,10 @@ func printEvent(c *call, ev *inbox.Event) {
 	fmt.Fprintln(tw, "HANDLER\tSTATUS\tATTEMPTS\tUPDATED\tNEXT ATTEMPT\tERROR TYPE\tLAST ERROR")
 	for _, r := range ev.Rows {
 		next := "-"
-		if r.NextAttemptAt != nil {
+		switch {
+		case r.Waiting:
+			next = "waiting (key " + oneLine(r.OrderingKey, 40) + ")"
+		case r.NextAttemptAt != nil:
 			next = ago(*r.NextAttemptAt, now)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", oneLine(r.HandlerKey, 40), statusName(r.Status),

@@ -36,6 +36,8 @@ type jsonRow struct {
 	CreatedAt     time.Time  `json:"created_at"`
 	UpdatedAt     time.Time  `json:"updated_at"`
 	NextAttemptAt *time.Time `json:"next_attempt_at"`
+	OrderingKey   string     `json:"ordering_key"`
+	Waiting       bool       `json:"waiting"`
 }
 
 type jsonPage struct {
@@ -414,7 +416,7 @@ func TestJSONRowFields(t *testing.T) {
 	}
 	slices.Sort(keys)
 	want := []string{"attempts", "created_at", "error_type", "event_date", "event_id", "event_type", "handler_key",
-		"last_error", "max_attempts", "next_attempt_at", "payload_erased", "status", "updated_at"}
+		"last_error", "max_attempts", "next_attempt_at", "ordering_key", "payload_erased", "status", "updated_at", "waiting"}
 	if !slices.Equal(keys, want) {
 		t.Fatalf("row fields %v, want %v", keys, want)
 	}
@@ -647,6 +649,16 @@ func TestUsage(t *testing.T) {
 		{[]string{"replay", "nope", "--handler-key", "h"}, "not an event id"},
 		{[]string{"dead", "buried"}, `unknown dead command "buried"`},
 		{[]string{"serve", "--refresh", "500ms"}, "whole seconds"},
+		{[]string{"parked", "--limit", "0"}, "at least 1"},
+		{[]string{"parked", "--limit", "20000"}, "limit 20000 is outside"}, // ErrInvalidFilter from Admin
+		{[]string{"skip", "h"}, "missing HANDLER_KEY ORDERING_KEY"},
+		{[]string{"skip", "h", " ", "--yes"}, "ordering key"}, // likewise
+		{[]string{"backfill", "--event-type", "e", "--yes"}, "needs --event-type and --handler-key"},
+		{[]string{"backfill", "--event-type", "e", "--handler-key", "h", "--max-attempts", "-1"}, "--max-attempts must be"},
+		{[]string{"backfill", "--event-type", "e", "--handler-key", "h", "--batch-size", "0"}, "--batch-size must be"},
+		{[]string{"backfill", "--event-type", "e", "--handler-key", "h", "--batch-size", "20000"}, "batch size 20000 is outside"}, // likewise
+		{[]string{"backfill", "--event-type", "e", "--handler-key", "h", "--resume", "garbage"}, "resume token"},                  // likewise
+		{[]string{"backfill", "--event-type", "e", "--handler-key", "h", "--since", "soon"}, "neither an RFC 3339 time"},
 		{[]string{"help", "frobnicate"}, `unknown command "frobnicate"`},
 	} {
 		r := f.ctl(tc.args...)
@@ -723,4 +735,287 @@ func TestServe(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("serve did not stop after its context ended")
 	}
+}
+
+type jsonBackfill struct {
+	Action        string `json:"action"`
+	DryRun        bool   `json:"dry_run"`
+	EventType     string `json:"event_type"`
+	HandlerKey    string `json:"handler_key"`
+	Matched       int64  `json:"matched"`
+	Created       int64  `json:"created"`
+	Existing      int64  `json:"existing"`
+	PayloadErased int64  `json:"payload_erased"`
+	Resume        string `json:"resume"`
+}
+
+// decodeJSON decodes r's stdout into out, unknown fields refused.
+func decodeJSON(t *testing.T, r result, out any) {
+	t.Helper()
+	dec := json.NewDecoder(strings.NewReader(r.stdout))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(out); err != nil {
+		t.Fatalf("decode JSON: %v\n%v", err, r)
+	}
+}
+
+// TestBackfill: events stored with one handler; a second handler added to
+// their event type gets rows for those stored since a time, counted by a
+// dry run first, created with --yes, none for an event whose payload was
+// erased (exit 1), never twice; an interrupted backfill prints how to
+// continue, and continues from its token; the workers then run the rows.
+func TestBackfill(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	wantOut(t, f.ctl("migrate", "up"), "up to date")
+	ctx := context.Background()
+	reg := inbox.NewRegistry()
+	reg.On("order_created", inbox.HandlerFunc("a", func(context.Context, []byte) error { return nil }))
+	reg.On("other", inbox.HandlerFunc("a", func(context.Context, []byte) error { return nil }))
+	ib := f.start(reg)
+	f.set(ib, "order_created", "old1", "old2") // before --since: no row
+	var since time.Time
+	if err := f.pool.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&since); err != nil {
+		t.Fatal(err)
+	}
+	ids := f.set(ib, "order_created", "1", "2", "3", "4", "5")
+	f.set(ib, "other", "x")
+	f.waitStats("a's rows done", func(m map[pair]inbox.HandlerStats) bool {
+		return m[pair{"order_created", "a"}].Done == 7 && m[pair{"other", "a"}].Done == 1
+	})
+	// Retention erased one event's payload.
+	if _, err := f.pool.Exec(ctx, "UPDATE inbox_records SET payload = NULL WHERE event_id = $1", ids[4]); err != nil {
+		t.Fatal(err)
+	}
+	args := func(key string, more ...string) []string {
+		return append([]string{"backfill", "--event-type", "order_created", "--handler-key", key,
+			"--since", since.Format(time.RFC3339Nano)}, more...)
+	}
+
+	// The dry run counts, in JSON and for people, and changes nothing.
+	var dry jsonBackfill
+	f.ctlJSON(&dry, args("b", "--dry-run")...)
+	if dry != (jsonBackfill{Action: "backfill", DryRun: true, EventType: "order_created", HandlerKey: "b", Matched: 4, PayloadErased: 1}) {
+		t.Fatalf("dry run: %+v", dry)
+	}
+	wantOut(t, f.ctl(args("b", "--dry-run")...),
+		`dry run: would create 4 rows of handler "b" for events of type "order_created" stored since`,
+		"1 event cannot get one: retention erased their payload", "nothing was changed")
+	wantCode(t, f.ctl(args("b")...), 2, "stdin is not a terminal", "--yes")
+	rowsOf := func(key string) (n int, events []uuid.UUID, maxAttempts []int) {
+		t.Helper()
+		rows, err := f.pool.Query(ctx, "SELECT event_id, max_attempts FROM inbox_records WHERE handler_key = $1 ORDER BY event_id", key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id uuid.UUID
+			var m int
+			if err := rows.Scan(&id, &m); err != nil {
+				t.Fatal(err)
+			}
+			events, maxAttempts = append(events, id), append(maxAttempts, m)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return len(events), events, maxAttempts
+	}
+	if n, _, _ := rowsOf("b"); n != 0 {
+		t.Fatalf("%d rows of b after a dry run", n)
+	}
+
+	// The backfill: 4 rows, none for the erased event, so exit 1.
+	r := f.ctl(args("b", "--max-attempts", "3", "--yes", "--json")...)
+	wantCode(t, r, 1, "payload erased", `1 event of type "order_created" got no row of handler "b"`)
+	var done jsonBackfill
+	decodeJSON(t, r, &done)
+	if done != (jsonBackfill{Action: "backfill", EventType: "order_created", HandlerKey: "b", Matched: 4, Created: 4, PayloadErased: 1}) {
+		t.Fatalf("backfill: %+v", done)
+	}
+	want := slices.Clone(ids[:4])
+	slices.SortFunc(want, func(x, y uuid.UUID) int { return strings.Compare(x.String(), y.String()) })
+	if n, events, attempts := rowsOf("b"); n != 4 || !slices.Equal(events, want) || slices.Max(attempts) != 3 || slices.Min(attempts) != 3 {
+		t.Fatalf("rows of b: %v with max attempts %v; want %v with 3", events, attempts, want)
+	}
+	// Again: nothing to do, every event counted.
+	r = f.ctl(args("b", "--yes")...)
+	wantCode(t, r, 1, "payload erased")
+	if !strings.Contains(r.stdout, "nothing to backfill") || !strings.Contains(r.stdout, "4 events had one already") {
+		t.Fatalf("second backfill: %v", r)
+	}
+
+	// Interrupted after its first batch (as by Ctrl-C), then continued
+	// with the command it printed.
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	onProgress := writerFunc(func(p []byte) (int, error) {
+		if strings.Contains(string(p), "rows created") {
+			cancel()
+		}
+		return len(p), nil
+	})
+	in := invocation{t: t, ctx: cctx, schema: f.schema, progress: true, stderr: onProgress}
+	r = in.run(args("c", "--batch-size", "1", "--yes", "--json")...)
+	wantCode(t, r, 1, "counting: 5 events read", "rows created, 0 existing", "interrupted: stopped after creating",
+		"to continue: inboxctl backfill --event-type order_created --handler-key c --since "+since.UTC().Format(time.RFC3339Nano)+
+			" --batch-size 1 --schema "+f.schema+" --resume ")
+	var part jsonBackfill
+	decodeJSON(t, r, &part)
+	if part.Matched != 4 || part.Created+part.PayloadErased < 1 || part.Created >= 4 || part.Resume == "" {
+		t.Fatalf("interrupted backfill: %+v", part)
+	}
+	if !strings.HasSuffix(strings.TrimSpace(r.stderr), "--resume "+part.Resume) {
+		t.Fatalf("stderr does not end with the resume token %s: %v", part.Resume, r)
+	}
+	var rest jsonBackfill
+	rr := f.ctl(args("c", "--batch-size", "1", "--resume", part.Resume, "--yes", "--json")...)
+	decodeJSON(t, rr, &rest)
+	if part.Created+rest.Created != 4 || part.PayloadErased+rest.PayloadErased != 1 || rest.Matched != 4-part.Created || rest.Resume != "" {
+		t.Fatalf("continued backfill: %+v after %+v\n%v", rest, part, rr)
+	}
+	if n, events, attempts := rowsOf("c"); n != 4 || !slices.Equal(events, want) || slices.Min(attempts) != inbox.DefaultRetryAttempts {
+		t.Fatalf("rows of c: %v with max attempts %v", events, attempts)
+	}
+
+	// Workers that have the new handlers run their rows.
+	var ran atomic.Int64
+	reg2 := inbox.NewRegistry()
+	reg2.On("order_created",
+		inbox.HandlerFunc("a", func(context.Context, []byte) error { return nil }),
+		inbox.HandlerFunc("b", func(context.Context, []byte) error { ran.Add(1); return nil }),
+		inbox.HandlerFunc("c", func(context.Context, []byte) error { ran.Add(1); return nil }))
+	f.start(reg2)
+	f.waitStats("the backfilled rows done", func(m map[pair]inbox.HandlerStats) bool {
+		return m[pair{"order_created", "b"}].Done == 4 && m[pair{"order_created", "c"}].Done == 4
+	})
+	if ran.Load() != 8 {
+		t.Fatalf("the new handlers ran %d times, want 8", ran.Load())
+	}
+	if n, _, _ := rowsOf("a"); n != 8 {
+		t.Fatalf("%d rows of a, want 8 (7 events of order_created, 1 of other)", n)
+	}
+}
+
+// TestParkedSkip: a handler that always fails on one event parks its
+// ordering key; parked lists the key with the rows waiting behind the dead
+// row; skip (dry run, refusals, then --yes) makes the key's next row due,
+// and the key's rows then run.
+func TestParkedSkip(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	wantOut(t, f.ctl("migrate", "up"), "up to date")
+	ctx := context.Background()
+	reg := inbox.NewRegistry()
+	reg.Handle("acct", inbox.HandlerFunc("apply", func(_ context.Context, p []byte) error {
+		if string(p) == "k1:0" {
+			return errors.New("poison event")
+		}
+		return nil
+	}), inbox.HandlerMaxAttempts(1))
+	ib := f.start(reg)
+	ids := map[string]uuid.UUID{}
+	var recs []*inbox.Record
+	for _, p := range []string{"k1:0", "k1:1", "k1:2", "k2:0"} {
+		ids[p] = uuid.New()
+		rec, err := inbox.NewRecord(ids[p], "acct", []byte(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, rec.WithOrderingKey(p[:2]))
+	}
+	if err := ib.Client().Set(ctx, recs...); err != nil {
+		t.Fatal(err)
+	}
+	f.waitStats("k1 parked", func(m map[pair]inbox.HandlerStats) bool {
+		h := m[pair{"acct", "apply"}]
+		return h.Dead == 1 && h.Done == 1 && h.Pending == 2
+	})
+
+	// show: the rows behind the dead one wait for it.
+	var ev jsonEvent
+	f.ctlJSON(&ev, "show", ids["k1:1"].String())
+	if row := ev.Rows[0]; len(ev.Rows) != 1 || row.Status != "null" || !row.Waiting || row.OrderingKey != "k1" || row.NextAttemptAt != nil {
+		t.Fatalf("k1:1 before the skip: %+v", ev.Rows)
+	}
+	wantOut(t, f.ctl("show", ids["k1:1"].String()), "waiting (key k1)")
+
+	// parked: the key, its dead row and the rows waiting.
+	var parked struct {
+		Parked []inbox.ParkedKey `json:"parked"`
+	}
+	f.ctlJSON(&parked, "parked")
+	if len(parked.Parked) != 1 {
+		t.Fatalf("parked: %+v", parked)
+	}
+	k := parked.Parked[0]
+	if k.DeadSince.IsZero() || time.Since(k.DeadSince) > time.Minute {
+		t.Fatalf("parked key dead since %v", k.DeadSince)
+	}
+	k.DeadSince = time.Time{}
+	if k != (inbox.ParkedKey{HandlerKey: "apply", OrderingKey: "k1", EventID: ids["k1:0"], EventType: "acct", Waiting: 2}) {
+		t.Fatalf("parked key: %+v", k)
+	}
+	r := f.ctl("parked")
+	if !hasLine(r.stdout, "apply", "k1", "2", ids["k1:0"].String(), "acct") || !strings.Contains(r.stdout, "inboxctl skip HANDLER ORDERING_KEY") {
+		t.Fatalf("parked table: %v", r)
+	}
+	wantOut(t, f.ctl("parked", "--limit", "1"), "the first 1 parked key;")
+
+	// skip: a key with no dead row, no --yes, a dry run.
+	wantCode(t, f.ctl("skip", "apply", "k2", "--yes"), 1, "not found", `ordering key "k2" of handler "apply" has no dead row`)
+	wantCode(t, f.ctl("skip", "apply", "k1"), 2, "stdin is not a terminal")
+	var dry jsonSkip
+	f.ctlJSON(&dry, "skip", "apply", "k1", "--dry-run")
+	if dry != (jsonSkip{Action: "skip", DryRun: true, HandlerKey: "apply", OrderingKey: "k1", Matched: 1}) {
+		t.Fatalf("dry run: %+v", dry)
+	}
+	wantOut(t, f.ctl("skip", "apply", "k1", "--dry-run"), `dry run: would skip 1 dead row of ordering key "k1" of handler "apply"`)
+	wantCode(t, invocation{t: t, schema: f.schema, interactive: true, stdin: "n\n"}.run("skip", "apply", "k1"), 1, "not confirmed")
+	f.ctlJSON(&ev, "show", ids["k1:1"].String())
+	if !ev.Rows[0].Waiting {
+		t.Fatalf("k1:1 after a dry run and a refusal: %+v", ev.Rows[0])
+	}
+
+	// Paused, so that the skip's effect stays to be seen: k1:1 due, not
+	// waiting; k1:0 dead, out of the key's order, its history says who.
+	wantOut(t, f.ctl("pause", "--event-type", "acct", "--handler-key", "apply"), "paused")
+	var res jsonSkip
+	f.ctlJSON(&res, "skip", "apply", "k1", "--reason", "obsolete", "--yes")
+	if res != (jsonSkip{Action: "skip", HandlerKey: "apply", OrderingKey: "k1", Matched: 1, Changed: 1}) {
+		t.Fatalf("skip: %+v", res)
+	}
+	f.ctlJSON(&ev, "show", ids["k1:1"].String())
+	if row := ev.Rows[0]; row.Status != "null" || row.Waiting || row.NextAttemptAt == nil || time.Until(*row.NextAttemptAt) > time.Second {
+		t.Fatalf("k1:1 after the skip: %+v", row)
+	}
+	f.ctlJSON(&ev, "show", ids["k1:2"].String())
+	if !ev.Rows[0].Waiting {
+		t.Fatalf("k1:2 after the skip: %+v", ev.Rows[0])
+	}
+	f.ctlJSON(&ev, "show", ids["k1:0"].String())
+	if row := ev.Rows[0]; row.Status != "dead" || row.OrderingKey != "" {
+		t.Fatalf("k1:0 after the skip: %+v", row)
+	}
+	if h := ev.History[len(ev.History)-1]; h.Kind != "skipped" || h.Actor != "tester@testhost" || h.Text != "obsolete" {
+		t.Fatalf("k1:0's history: %+v", ev.History)
+	}
+	wantOut(t, f.ctl("parked"), "no parked keys")
+	wantCode(t, f.ctl("skip", "apply", "k1", "--yes"), 1, "has no dead row")
+
+	wantOut(t, f.ctl("resume", "--event-type", "acct", "--handler-key", "apply"), "resumed")
+	f.waitStats("k1's rows done", func(m map[pair]inbox.HandlerStats) bool {
+		h := m[pair{"acct", "apply"}]
+		return h.Done == 3 && h.Dead == 1 && h.Pending == 0
+	})
+}
+
+type jsonSkip struct {
+	Action      string `json:"action"`
+	DryRun      bool   `json:"dry_run"`
+	HandlerKey  string `json:"handler_key"`
+	OrderingKey string `json:"ordering_key"`
+	Matched     int64  `json:"matched"`
+	Changed     int64  `json:"changed"`
 }
