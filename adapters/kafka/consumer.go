@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -49,6 +47,9 @@ type Consumer struct {
 	// beforeCommit, set by tests, runs between the Set and the offset
 	// commit of each attempt; an error ends the attempt there.
 	beforeCommit func() error
+	// onSet, set by tests, runs after each Set with the number of its
+	// records and its error.
+	onSet func(records int, err error)
 }
 
 // partition is a topic's partition.
@@ -296,15 +297,21 @@ func (c *Consumer) attempt(ctx context.Context, items []*item) error {
 	return c.commit(actx, items)
 }
 
-// store sets items in the inbox. A Set refused for bad input is split in
-// halves until the records at fault are found; those are returned as
-// poison, the others stored. Any other error is returned.
+// store sets items in the inbox. When Set refuses records for what they
+// are, it names them ([inbox.RecordsError]): those are returned as poison,
+// each with its own error as the reason, and the others stored with one
+// more Set. A Set refused for bad input otherwise (a conflict under
+// [inbox.RejectConflicting]) is split in halves until the records at fault
+// are found. Any other error is returned.
 func (c *Consumer) store(ctx context.Context, items []*item) ([]*item, error) {
 	recs := make([]*inbox.Record, len(items))
 	for i, it := range items {
 		recs[i] = it.rec
 	}
 	res, err := c.inbox.SetWithResult(ctx, recs...)
+	if c.onSet != nil {
+		c.onSet(len(recs), err)
+	}
 	if err == nil {
 		c.stats.stored.Add(int64(res.New))
 		c.stats.duplicates.Add(int64(res.Duplicates + res.Conflicting))
@@ -313,6 +320,28 @@ func (c *Consumer) store(ctx context.Context, items []*item) ([]*item, error) {
 			it.done = true
 		}
 		return nil, nil
+	}
+	var re *inbox.RecordsError
+	if errors.As(err, &re) && len(re.Indexes) > 0 {
+		var poison, rest []*item
+		k := 0
+		for i, it := range items {
+			if k < len(re.Indexes) && re.Indexes[k] == i {
+				it.reason = re.Errs[k].Error()
+				poison = append(poison, it)
+				k++
+				continue
+			}
+			rest = append(rest, it)
+		}
+		if len(rest) == 0 {
+			return poison, nil
+		}
+		more, err := c.store(ctx, rest)
+		if err != nil {
+			return nil, err
+		}
+		return append(poison, more...), nil
 	}
 	if !badInput(err) {
 		return nil, err
@@ -477,8 +506,8 @@ func (c *Consumer) mapRecord(kr *kgo.Record) *item {
 		return it
 	}
 	if tc, ok := header(kr, c.o.TraceHeader); ok && tc != "" {
-		// Set refuses a whole batch for one bad trace context: drop it here.
-		if len(tc) <= inbox.MaxTraceContextLength && utf8.ValidString(tc) && !strings.ContainsRune(tc, 0) {
+		// Set would refuse the record for a bad trace context: drop that alone.
+		if inbox.ValidateTraceContext(tc) == nil {
 			rec = rec.WithTraceContext(tc)
 		} else {
 			c.o.Logger.Warn("inboxkafka: trace context ignored: too long or not text", "topic", kr.Topic,

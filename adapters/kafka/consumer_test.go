@@ -2,9 +2,11 @@ package inboxkafka_test
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -158,6 +160,78 @@ func TestSetFailingCommitsNothing(t *testing.T) {
 		if !strings.Contains(reasons[i], want) {
 			t.Errorf("dead-letter reasons %q: want one containing %q", reasons, want)
 		}
+	}
+}
+
+// TestRefusedRecordsDeadLettered: several records Set refuses (event types
+// without handlers) among good ones in one batch are dead-lettered, each
+// with its own error as the reason, and one more Set stores the rest.
+func TestRefusedRecordsDeadLettered(t *testing.T) {
+	const topic, dead, group, n = "refunds", "refunds-dead", "inbox", 40
+	seeds := cluster(t, 1, topic, dead)
+	pool := testenv.MigratedPool(t)
+	ib, runs := startInbox(t, pool, topic)
+
+	unknown := []int{5, 17, 30}
+	ids := make(map[uuid.UUID]bool, n)
+	var recs []*kgo.Record
+	for i := range n {
+		id := uuid.New()
+		r := event(topic, id)
+		if slices.Contains(unknown, i) {
+			r.Headers = append(r.Headers, kgo.RecordHeader{Key: "type", Value: []byte("nobody_handles_this")})
+		} else {
+			ids[id] = true
+		}
+		recs = append(recs, r)
+	}
+	produce(t, seeds, recs)
+
+	var logs testenv.LogLines
+	c, err := inboxkafka.New(ib.Client(), inboxkafka.Options{
+		Seeds: seeds, Group: group, Topics: []string{topic}, IDHeader: idHeader, EventTypeHeader: "type",
+		DeadLetterTopic: dead, Logger: logs.Logger(),
+	}, fastGroup()...)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	type setCall struct {
+		records int
+		err     error
+	}
+	var (
+		mu   sync.Mutex
+		sets []setCall
+	)
+	inboxkafka.SetOnSet(c, func(records int, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		sets = append(sets, setCall{records, err})
+	})
+	run(t, c)
+	adm := kadm.NewClient(kafkaClient(t, seeds))
+	ctx := context.Background()
+	testenv.Eventually(t, within, "offsets committed to the end", func() (bool, error) {
+		return committedAtEnd(ctx, adm, group, topic)
+	})
+	testenv.Eventually(t, within, "every handler run once", func() (bool, error) { return runs.check(ids) })
+	good := n - len(unknown)
+	if got, err := stored(ctx, pool); err != nil || got != good {
+		t.Fatalf("stored %d events (%v), want %d", got, err, good)
+	}
+	mu.Lock()
+	calls := slices.Clone(sets)
+	mu.Unlock()
+	var re *inbox.RecordsError
+	if len(calls) != 2 || calls[0].records != n || !errors.As(calls[0].err, &re) || !slices.Equal(re.Indexes, unknown) ||
+		calls[1].records != good || calls[1].err != nil {
+		t.Fatalf("Sets %+v; want one of %d records refusing records %v, then one of the other %d", calls, n, unknown, good)
+	}
+	if s := c.Stats(); s.DeadLettered != int64(len(unknown)) || s.Stored != int64(good) || s.SetFailures != 0 {
+		t.Fatalf("stats %+v: want %d dead-lettered, %d stored, no failed Set", s, len(unknown), good)
+	}
+	if got := logs.Count("record dead-lettered", "no handler registered for event type"); got != len(unknown) {
+		t.Fatalf("%d refused records logged, want %d:\n%s", got, len(unknown), logs.String())
 	}
 }
 

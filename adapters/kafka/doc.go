@@ -46,8 +46,9 @@
 //
 // A record that cannot be stored — an id header that is not a UUID, a
 // payload over [inbox.MaxPayloadSize], a blank event type, an event type
-// Set rejects as unknown (the culprits are found by splitting the batch),
-// a conflicting duplicate under inbox.RejectConflicting — is produced to
+// Set rejects as unknown (Set names them: the rest of the batch is stored
+// with one more Set), a conflicting duplicate under
+// inbox.RejectConflicting (found by splitting the batch) — is produced to
 // [Options.DeadLetterTopic] with the reason in the header [HeaderReason],
 // synchronously, before its offset is committed; it is logged and counted
 // ([Consumer.Stats]). Without a dead-letter topic Run stops with

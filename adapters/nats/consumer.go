@@ -30,6 +30,10 @@ type Consumer struct {
 	// termReasons: the server keeps TermWithReason's reason (2.10.4 and
 	// later); older servers ignore the whole ack, so plain Term is sent.
 	termReasons bool
+
+	// onSet, when set (by tests), runs after each Set with the number of
+	// its records and its error.
+	onSet func(records int, err error)
 }
 
 // Stats are a Consumer's counters since New.
@@ -258,19 +262,44 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) ([]jetstre
 	return left, err
 }
 
-// store stores items with one Set and acks them. When Set rejects the
-// batch as input, it stores each half in turn, down to single items, and
-// terminates the items rejected alone. It returns Set's other errors.
+// store stores items with one Set and acks them. When Set refuses records
+// for what they are, it names them ([inbox.RecordsError]): those items are
+// terminated, each with its own error, and the others stored with one more
+// Set. When Set rejects the batch as input otherwise (a conflict under
+// [inbox.RejectConflicting]), it stores each half in turn, down to single
+// items, and terminates the items rejected alone. It returns Set's other
+// errors.
 func (c *Consumer) store(ctx context.Context, items []*item) error {
 	recs := make([]*inbox.Record, len(items))
 	for i, it := range items {
 		recs[i] = it.rec
 	}
 	err := c.client.Set(ctx, recs...)
+	if c.onSet != nil {
+		c.onSet(len(recs), err)
+	}
 	if err == nil {
 		c.stats.sets.Add(1)
 		c.ack(ctx, items)
 		return nil
+	}
+	var re *inbox.RecordsError
+	if errors.As(err, &re) && len(re.Indexes) > 0 {
+		rest := make([]*item, 0, len(items))
+		k := 0
+		for i, it := range items {
+			if k < len(re.Indexes) && re.Indexes[k] == i {
+				c.terminate(ctx, it.msg, "inbox rejected the record: "+re.Errs[k].Error())
+				it.settled = true
+				k++
+				continue
+			}
+			rest = append(rest, it)
+		}
+		if len(rest) == 0 {
+			return nil
+		}
+		return c.store(ctx, rest)
 	}
 	if !inputError(err) {
 		return err

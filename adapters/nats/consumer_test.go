@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -187,8 +188,8 @@ func TestDatabaseDownNothingAcked(t *testing.T) {
 // Poison messages are terminated with a reason, once each, and the good
 // messages of their batches are stored and acked: an id header that is
 // not a UUID, the nil UUID (NewRecord rejects it), a subject with no event
-// type, and an event type without handlers (Set rejects the batch; the
-// culprit is found by halving).
+// type, and an event type without handlers (Set refuses the batch, naming
+// the culprit).
 func TestPoisonTerminated(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -236,6 +237,72 @@ func TestPoisonTerminated(t *testing.T) {
 	}
 	if got := logs.Count("poison message terminated", "inbox rejected the record"); got != 2 {
 		t.Errorf("%d unknown-type messages terminated, want 2", got)
+	}
+}
+
+// Several messages Set refuses (event types without handlers) among good
+// ones in one batch: Set names them, they are terminated, each with its
+// own error, and one more Set stores the rest.
+func TestRefusedRecordsTerminated(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t)...)
+	const n = 40
+	unknown := []int{5, 17, 30}
+	var msgs []*nats.Msg
+	var payloads []string
+	for i := range n {
+		if slices.Contains(unknown, i) {
+			msgs = append(msgs, e.msg("unknown", uuid.NewString(), fmt.Sprint("u", i)))
+			continue
+		}
+		payloads = append(payloads, fmt.Sprint("p", i))
+		msgs = append(msgs, e.msg("order", uuid.NewString(), payloads[len(payloads)-1]))
+	}
+	e.publish(msgs...)
+	var logs testenv.LogLines
+	c, err := inboxnats.New(context.Background(), e.js, ib.Client(), e.options(func(o *inboxnats.Options) {
+		o.BatchSize = n
+		o.Logger = logs.Logger()
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type setCall struct {
+		records int
+		err     error
+	}
+	var (
+		mu   sync.Mutex
+		sets []setCall
+	)
+	inboxnats.SetOnSet(c, func(records int, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		sets = append(sets, setCall{records, err})
+	})
+	e.run(c)
+
+	testenv.Eventually(t, time.Minute, "every good event handled", func() (bool, error) {
+		return e.runs.distinct() == len(payloads), nil
+	})
+	e.settled(time.Minute)
+	if bad, distinct := e.runs.check(payloads); bad != "" || distinct != len(payloads) {
+		t.Fatalf("%s; %d distinct events handled, want %d", bad, distinct, len(payloads))
+	}
+	mu.Lock()
+	calls := slices.Clone(sets)
+	mu.Unlock()
+	var re *inbox.RecordsError
+	if len(calls) != 2 || calls[0].records != n || !errors.As(calls[0].err, &re) || !slices.Equal(re.Indexes, unknown) ||
+		calls[1].records != len(payloads) || calls[1].err != nil {
+		t.Fatalf("Sets %+v; want one of %d records refusing records %v, then one of the other %d", calls, n, unknown, len(payloads))
+	}
+	if s := c.Stats(); s.Terminated != int64(len(unknown)) || s.Acked != int64(len(payloads)) || s.SetFailures != 0 {
+		t.Fatalf("stats %+v: want %d terminated, %d acked, no failed Set", s, len(unknown), len(payloads))
+	}
+	if got := logs.Count("poison message terminated", "inbox rejected the record", "no handler registered for event type"); got != len(unknown) {
+		t.Fatalf("%d refused messages logged, want %d:\n%s", got, len(unknown), logs.String())
 	}
 }
 

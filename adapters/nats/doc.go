@@ -48,13 +48,17 @@
 // an event type that cannot be found, a record [inbox.NewRecord] rejects,
 // and a record Set rejects as input (an event type without handlers under
 // [inbox.RejectUnknown], a conflicting duplicate under
-// [inbox.RejectConflicting]). When Set rejects a batch as input, the batch
-// is split in halves and each half stored again, down to single messages:
-// the good messages are stored and acked, the culprits terminated, in at
-// most about 2·k·log2(batch) Sets for k culprits. nats-server 2.10.4 and
-// later keep the reason with the termination (in its advisory); older
-// servers ignore TermWithReason altogether, so against them a plain Term
-// is sent and the reason is only logged.
+// [inbox.RejectConflicting]). When Set refuses records of a batch for what
+// they are (invalid, or of an event type without handlers), it names them
+// ([inbox.RecordsError]): those messages are terminated, each with its own
+// error as the reason, and the rest is stored with one more Set. When Set
+// rejects a batch for a conflict, the batch is split in halves and each
+// half stored again, down to single messages: the good messages are stored
+// and acked, the culprits terminated, in at most about 2·k·log2(batch)
+// Sets for k culprits. nats-server 2.10.4 and later keep the reason with
+// the termination (in its advisory); older servers ignore TermWithReason
+// altogether, so against them a plain Term is sent and the reason is only
+// logged.
 //
 // # When Set fails
 //

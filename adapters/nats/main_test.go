@@ -171,6 +171,12 @@ func (e *env) consumer(client *inbox.Client, o inboxnats.Options) *inboxnats.Con
 	if err != nil {
 		e.t.Fatalf("New: %v", err)
 	}
+	e.run(c)
+	return c
+}
+
+// run runs c until t ends; the cleanup waits for Run to return.
+func (e *env) run(c *inboxnats.Consumer) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
@@ -185,7 +191,6 @@ func (e *env) consumer(client *inbox.Client, o inboxnats.Options) *inboxnats.Con
 			e.t.Error("Run did not return 30s after its context ended")
 		}
 	})
-	return c
 }
 
 // writer returns a client of an inbox on pool with the test's registry,

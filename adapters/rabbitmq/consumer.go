@@ -40,6 +40,10 @@ type Consumer struct {
 	running atomic.Bool
 
 	batches, acked, poison, setFailures, connections atomic.Int64
+
+	// onSet, when set (by tests), runs after each Set with the number of
+	// its records and its error.
+	onSet func(records int, err error)
 }
 
 // Stats counts what a Consumer did since it was created.
@@ -99,10 +103,13 @@ func (c *Consumer) Stats() Stats {
 // When Set fails the batch stays unacknowledged and the same Set is
 // retried after a pause (RetryBackoff, doubling up to MaxRetryBackoff)
 // for as long as the channel lives; nothing is acknowledged before Set
-// returns nil. When Set rejects the batch as bad input (an event type with
-// no handler under inbox.RejectUnknown, an invalid record, a conflict
-// under inbox.RejectConflicting), each record is stored by a Set of its
-// own to find the culprits, which are dead-lettered ([ErrRejected]).
+// returns nil. When Set refuses records for what they are (an invalid
+// record, an event type with no handler under inbox.RejectUnknown), it
+// names them ([inbox.RecordsError]): those are dead-lettered
+// ([ErrRejected]), each with its own error, and the rest is stored with
+// one more Set at once. When Set rejects the batch for a conflict under
+// inbox.RejectConflicting, each record is stored by a Set of its own to
+// find the culprits, which are dead-lettered ([ErrRejected]).
 //
 // When the channel or connection is lost, the batch in hand is dropped
 // unacknowledged (its delivery tags die with the channel and are never
@@ -220,9 +227,17 @@ func (c *Consumer) handle(ctx context.Context, ch *amqp.Channel, closed <-chan *
 	}
 	pause := c.opts.RetryBackoff
 	for len(recs) > 0 {
-		err := c.client.Set(ctx, recs...)
+		err := c.set(ctx, recs)
 		if err == nil {
 			break
+		}
+		var re *inbox.RecordsError
+		if errors.As(err, &re) && len(re.Indexes) > 0 {
+			var lost error
+			if recs, good, lost = c.refused(ch, re, recs, good); lost != nil {
+				return lost
+			}
+			continue
 		}
 		if badInput(err) {
 			var lost error
@@ -266,17 +281,48 @@ func (c *Consumer) handle(ctx context.Context, ch *amqp.Channel, closed <-chan *
 	return nil
 }
 
+// set stores recs with one Set.
+func (c *Consumer) set(ctx context.Context, recs []*inbox.Record) error {
+	err := c.client.Set(ctx, recs...)
+	if c.onSet != nil {
+		c.onSet(len(recs), err)
+	}
+	return err
+}
+
+// refused dead-letters the deliveries of the records re names, each with
+// its own error, and returns the records and deliveries still to store and
+// acknowledge, and the error that lost the channel.
+func (c *Consumer) refused(ch *amqp.Channel, re *inbox.RecordsError, recs []*inbox.Record, good []*amqp.Delivery) (
+	[]*inbox.Record, []*amqp.Delivery, error,
+) {
+	keptRecs, keptGood := recs[:0:0], good[:0:0]
+	k := 0
+	for i, rec := range recs {
+		if k < len(re.Indexes) && re.Indexes[k] == i {
+			if lost := c.deadLetter(ch, good[i], fmt.Errorf("%w: %w", ErrRejected, re.Errs[k])); lost != nil {
+				return nil, nil, lost
+			}
+			k++
+			continue
+		}
+		keptRecs, keptGood = append(keptRecs, rec), append(keptGood, good[i])
+	}
+	return keptRecs, keptGood, nil
+}
+
 // isolate stores the records one Set each, after the batch's Set rejected
-// it as bad input, and dead-letters those rejected alone. It returns the
-// records and deliveries still to store and acknowledge (the culprits
-// removed), the error of a Set that failed otherwise (to retry), and the
-// error that lost the channel.
+// it as bad input otherwise than with a RecordsError (a conflict under
+// inbox.RejectConflicting), and dead-letters those rejected alone. It
+// returns the records and deliveries still to store and acknowledge (the
+// culprits removed), the error of a Set that failed otherwise (to retry),
+// and the error that lost the channel.
 func (c *Consumer) isolate(ctx context.Context, ch *amqp.Channel, recs []*inbox.Record, good []*amqp.Delivery) (
 	[]*inbox.Record, []*amqp.Delivery, error, error,
 ) {
 	keptRecs, keptGood := recs[:0:0], good[:0:0]
 	for i, rec := range recs {
-		err := c.client.Set(ctx, rec)
+		err := c.set(ctx, []*inbox.Record{rec})
 		switch {
 		case err == nil:
 			keptRecs, keptGood = append(keptRecs, rec), append(keptGood, good[i])

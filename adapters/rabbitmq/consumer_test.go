@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -141,6 +142,68 @@ func TestSetFailureAcksNothing(t *testing.T) {
 	if got := r.ready(r.queue); got != 0 {
 		t.Fatalf("%d messages ready in the queue, want 0", got)
 	}
+}
+
+// Records Set refuses (event types without handler) among good ones in
+// one batch are dead-lettered, each with its own error, and the rest is
+// stored by one more Set: two Sets for the batch.
+func TestRefusedRecordsDeadLettered(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	pool := testenv.MigratedPool(t)
+	reg, _ := registry()
+	ib := testenv.Start(t, context.Background(), pool, reg, testenv.Fast(t)...) // RejectUnknown
+
+	const n = 40
+	unknown := []int{5, 17, 30}
+	var msgs []amqp.Publishing
+	for i := range n {
+		key := "order_created"
+		if slices.Contains(unknown, i) {
+			key = "no_such_type"
+		}
+		msgs = append(msgs, message(key, uuid.NewString(), `{"i":`+itoa(i)+`}`))
+	}
+	r.publish(msgs...)
+
+	var logs testenv.LogLines
+	c := newConsumer(t, r, inboxrabbitmq.DialURL(amqpURL), ib.Client(),
+		inboxrabbitmq.Options{BatchSize: n, BatchWait: 10 * time.Second, Logger: logs.Logger()})
+	type setCall struct {
+		records int
+		err     error
+	}
+	var (
+		mu   sync.Mutex
+		sets []setCall
+	)
+	inboxrabbitmq.SetOnSet(c, func(records int, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		sets = append(sets, setCall{records, err})
+	})
+	run(t, c)
+	good := int64(n - len(unknown))
+	waitStats(t, c, time.Minute, "the batch stored and its refused records dead-lettered", func(s inboxrabbitmq.Stats) bool {
+		return s.Acked == good && s.Poison == int64(len(unknown))
+	})
+	if got := rows(t, pool); got != int(good) {
+		t.Fatalf("%d rows stored, want %d", got, good)
+	}
+	mu.Lock()
+	calls := slices.Clone(sets)
+	mu.Unlock()
+	var re *inbox.RecordsError
+	if len(calls) != 2 || calls[0].records != n || !errors.As(calls[0].err, &re) || !slices.Equal(re.Indexes, unknown) ||
+		calls[1].records != int(good) || calls[1].err != nil {
+		t.Fatalf("Sets %+v; want one of %d records refusing records %v, then one of the other %d", calls, n, unknown, good)
+	}
+	if got := logs.Count("poison message dead-lettered", "no handler registered for event type"); got != len(unknown) {
+		t.Fatalf("%d refused records logged, want %d:\n%s", got, len(unknown), logs.String())
+	}
+	testenv.Eventually(t, 10*time.Second, "the refused messages in the dead-letter queue", func() (bool, error) {
+		return r.ready(r.dead) == len(unknown), nil
+	})
 }
 
 // dialRecorder dials RabbitMQ and keeps the network connections, so a

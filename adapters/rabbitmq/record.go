@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -31,8 +30,8 @@ var (
 	ErrNoEventType = fmt.Errorf("%w: no event type", ErrPoison)
 	// ErrTooLarge: the body is larger than Options.MaxPayloadSize.
 	ErrTooLarge = fmt.Errorf("%w: payload too large", ErrPoison)
-	// ErrRejected: inbox.NewRecord, or Set for this record alone, rejected
-	// it as bad input (for example an event type with no handler under
+	// ErrRejected: inbox.NewRecord or Set rejected the record as bad input
+	// (for example an event type with no handler under
 	// inbox.RejectUnknown).
 	ErrRejected = fmt.Errorf("%w: rejected by the inbox", ErrPoison)
 )
@@ -168,18 +167,19 @@ func traceContext(h amqp.Table) string {
 		return ""
 	}
 	s := TraceparentHeader + ": " + strings.TrimSpace(tp)
-	if len(s) > inbox.MaxTraceContextLength {
+	if inbox.ValidateTraceContext(s) != nil {
 		return ""
 	}
 	if ts, ok := headerText(h[TracestateHeader]); ok && traceValue(ts) {
-		if full := s + "\n" + TracestateHeader + ": " + strings.TrimSpace(ts); len(full) <= inbox.MaxTraceContextLength {
+		if full := s + "\n" + TracestateHeader + ": " + strings.TrimSpace(ts); inbox.ValidateTraceContext(full) == nil {
 			s = full
 		}
 	}
 	return s
 }
 
-// traceValue reports whether v can be stored as a header line's value.
+// traceValue reports whether v can be a header line's value: not blank
+// and on one line ([inbox.ValidateTraceContext] checks the rest).
 func traceValue(v string) bool {
-	return strings.TrimSpace(v) != "" && utf8.ValidString(v) && !strings.ContainsAny(v, "\r\n\x00")
+	return strings.TrimSpace(v) != "" && !strings.ContainsAny(v, "\r\n")
 }

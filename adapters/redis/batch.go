@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
@@ -42,9 +41,10 @@ const (
 
 // process stores a batch and acknowledges it: entries that cannot become
 // records are dead-lettered then acknowledged; the others are stored with
-// one Set, then acknowledged. The batch is finished with a context that
-// outlives ctx by StopTimeout, so that a stop commits and acknowledges
-// what it has in hand.
+// one Set (one more when Set refuses some of them, which are
+// dead-lettered), then acknowledged. The batch is finished with a context
+// that outlives ctx by StopTimeout, so that a stop commits and
+// acknowledges what it has in hand.
 func (c *Consumer) process(ctx context.Context, batch []*entry) error {
 	if len(batch) == 0 {
 		return nil
@@ -143,7 +143,7 @@ func (c *Consumer) record(stream string, m redis.XMessage) (*inbox.Record, strin
 		return nil, err.Error()
 	}
 	if tp, ok := str(c.o.TraceField); ok && tp != "" {
-		if len(tp) <= inbox.MaxTraceContextLength && utf8.ValidString(tp) && !strings.ContainsRune(tp, 0) {
+		if inbox.ValidateTraceContext(tp) == nil {
 			rec = rec.WithTraceContext(tp)
 		} else {
 			c.o.Logger.Debug("inboxredis: trace context not kept: too long or not text",
@@ -172,18 +172,14 @@ func entryTime(id string) time.Time {
 	return time.UnixMilli(n)
 }
 
-// isPoison reports whether Set refused a batch for what some of its
-// records are, so that retrying the same batch would fail for ever.
-func isPoison(err error) bool {
-	return errors.Is(err, inbox.ErrUnknownEventType) || errors.Is(err, inbox.ErrInvalidRecord) ||
-		errors.Is(err, inbox.ErrConflictingDuplicate)
-}
-
-// store stores the entries' records with one Set. When Set refuses the
-// batch for some of its records, it finds them (the ids a ConflictError
-// names, or by halving the batch) and returns them as poison, with the
-// others stored. Any other error returns at once, with what was stored
-// until then.
+// store stores the entries' records with one Set. When Set refuses
+// records for what they are, it returns their entries as poison, each with
+// its own error as the reason, and stores the others with one more Set:
+// the records an [inbox.RecordsError] names (invalid, or of an unknown
+// event type under [inbox.RejectUnknown]) and those with the ids an
+// [inbox.ConflictError] names (under [inbox.RejectConflicting]). Any other
+// error, or one that names none of the records, returns at once, with what
+// was stored until then.
 func (c *Consumer) store(ctx context.Context, es []*entry) (stored, poison []*entry, err error) {
 	if len(es) == 0 {
 		return nil, nil, nil
@@ -193,6 +189,9 @@ func (c *Consumer) store(ctx context.Context, es []*entry) (stored, poison []*en
 		recs[i] = e.rec
 	}
 	res, err := c.client.SetWithResult(ctx, recs...)
+	if c.onSet != nil {
+		c.onSet(len(recs), err)
+	}
 	if err == nil {
 		c.stats.stored.Add(int64(res.New))
 		c.stats.duplicates.Add(int64(res.Duplicates + res.Conflicting))
@@ -202,16 +201,22 @@ func (c *Consumer) store(ctx context.Context, es []*entry) (stored, poison []*en
 		}
 		return es, nil, nil
 	}
-	if !isPoison(err) {
-		return nil, nil, err
-	}
-	if len(es) == 1 {
-		es[0].reason = err.Error()
-		return nil, es, nil
-	}
+	var rest []*entry
+	var re *inbox.RecordsError
 	var ce *inbox.ConflictError
-	if errors.As(err, &ce) {
-		var rest []*entry
+	switch {
+	case errors.As(err, &re):
+		k := 0
+		for i, e := range es {
+			if k < len(re.Indexes) && re.Indexes[k] == i {
+				e.reason = re.Errs[k].Error()
+				poison = append(poison, e)
+				k++
+			} else {
+				rest = append(rest, e)
+			}
+		}
+	case errors.As(err, &ce):
 		for _, e := range es {
 			if slices.Contains(ce.IDs, e.rec.ID()) {
 				e.reason = fmt.Sprintf("%v: event %s", inbox.ErrConflictingDuplicate, e.rec.ID())
@@ -220,18 +225,12 @@ func (c *Consumer) store(ctx context.Context, es []*entry) (stored, poison []*en
 				rest = append(rest, e)
 			}
 		}
-		if len(poison) > 0 {
-			stored, more, err := c.store(ctx, rest)
-			return stored, append(poison, more...), err
-		}
 	}
-	half := len(es) / 2
-	s1, p1, err := c.store(ctx, es[:half])
-	if err != nil {
-		return s1, p1, err
+	if len(poison) == 0 {
+		return nil, nil, err
 	}
-	s2, p2, err := c.store(ctx, es[half:])
-	return append(s1, s2...), append(p1, p2...), err
+	stored, more, err := c.store(ctx, rest)
+	return stored, append(poison, more...), err
 }
 
 // ack acknowledges the entries, with one XACK per stream.

@@ -34,6 +34,9 @@ type Consumer struct {
 	// afterSet, when set (by tests), runs after each Set that returned
 	// nil and before the entries are acknowledged.
 	afterSet func()
+	// onSet, when set (by tests), runs after each Set with the number of
+	// its records and its error.
+	onSet func(records int, err error)
 }
 
 // Stats counts what a [Consumer] did since it was created.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -226,7 +228,9 @@ func TestSetFailingAcksNothing(t *testing.T) {
 }
 
 // Entries that cannot be stored are dead-lettered with their reason and
-// fields, then acknowledged; the rest of their batch is stored.
+// fields, then acknowledged; the rest of their batch is stored. The two
+// entries Set refuses (unknown event types) share a batch: one Set names
+// them, and one more stores the rest.
 func TestDeadLetters(t *testing.T) {
 	t.Parallel()
 	rdb, prefix := newRedis(t)
@@ -272,6 +276,19 @@ func TestDeadLetters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	type setCall struct {
+		records int
+		err     error
+	}
+	var (
+		mu   sync.Mutex
+		sets []setCall
+	)
+	inboxredis.SetOnSet(c, func(records int, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		sets = append(sets, setCall{records, err})
+	})
 	run(t, c)
 	testenv.Eventually(t, 30*time.Second, "every good event handled, nothing pending", func() (bool, error) {
 		cs, err := ib.Counts(context.Background())
@@ -281,6 +298,25 @@ func TestDeadLetters(t *testing.T) {
 		p, err := pending(rdb, stream, group)
 		return p == 0, err
 	})
+	mu.Lock()
+	calls := slices.Clone(sets)
+	mu.Unlock()
+	refused := 0
+	for i, call := range calls {
+		if call.err == nil {
+			continue
+		}
+		refused++
+		var re *inbox.RecordsError
+		if !errors.As(call.err, &re) || len(re.Indexes) != 2 || i+1 == len(calls) ||
+			calls[i+1].err != nil || calls[i+1].records != call.records-2 {
+			t.Fatalf("Set %d of %d records failed with %v; want a RecordsError naming 2, then a Set of the other %d: %+v",
+				i, call.records, call.err, call.records-2, calls)
+		}
+	}
+	if refused != 1 {
+		t.Fatalf("%d Sets refused records, want 1: %+v", refused, calls)
+	}
 	dead, err := rdb.XRange(context.Background(), stream+".dead", "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)

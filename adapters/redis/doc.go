@@ -40,6 +40,8 @@
 // "<stream>.dead" ([Options.DeadLetterSuffix]) with its original fields and
 // the reason, then acknowledged. It is counted ([Stats].DeadLettered) and
 // logged at warn level; nothing is acknowledged silently. The other entries
-// of its batch are stored as usual: the Consumer splits a rejected batch in
-// halves until it has found the culprits.
+// of its batch are stored as usual: Set names the records it refuses
+// ([inbox.RecordsError], [inbox.ConflictError]), and the Consumer
+// dead-letters those, each with its own error as the reason, and stores
+// the others with one more Set.
 package inboxredis
