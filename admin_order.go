@@ -78,8 +78,8 @@ func (a *Admin) SkipParked(ctx context.Context, handlerKey, orderingKey string, 
 		if _, err := tx.Exec(ctx, skipHistorySQL, a.db.args([]any{handlerKey, orderingKey, sanitize(opts.Actor), boundText(opts.Reason)})...); err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, promoteSQL, a.db.args([]any{[]string{handlerKey}, []string{orderingKey}, []bool{true}})...).
-			Scan(&skipped, &promoted)
+		return tx.QueryRow(ctx, promoteSQL, a.db.args([]any{[]string{handlerKey}, []string{orderingKey}, []bool{true}, false})...).
+			Scan(&skipped, &promoted, nil)
 	})
 	if err != nil {
 		return ActionResult{}, fmt.Errorf("inbox: skip parked key: %w", err)

@@ -215,7 +215,7 @@ func (d *deadCallbacks) deliverPage() (int, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(d.ctx), 5*time.Second)
 	defer cancel()
 	err = d.w.db.tidOnly(ctx, func(pgx.Rows) error { return nil }, deadCallbacksDoneSQL,
-		[]any{ctids[:delivered], ids, keys, pgUUID(d.w.id)})
+		[]any{ctids[:delivered], ids, keys, pgUUID(d.w.id)}, nil, nil)
 	if err != nil {
 		return delivered, fmt.Errorf("clear the marks of delivered callbacks (they will be delivered again): %w", err)
 	}

@@ -243,9 +243,9 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 	for i, rec := range died {
 		w.died(rec, diedClaims[i])
 	}
-	if stmts := moveOn.stmts(); stmts != nil {
+	if lock, promote := moveOn.stmts(w.cfg.notify); lock != nil {
 		// If this fails, maintenance makes the keys' next rows due later.
-		if err := w.db.inTx(w.ioCtx, stmts, -1, nil); err != nil {
+		if err := w.db.inTx(w.ioCtx, append(lock, promote...), -1, nil); err != nil {
 			w.log.Warn("inbox: make the next rows of ordering keys due after dead rows", "error", err)
 		}
 	}

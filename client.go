@@ -398,7 +398,7 @@ func (p *setPlan) promote(ctx context.Context, c *Client, q querier) error {
 	if keys == nil {
 		return nil
 	}
-	_, err := q.Exec(ctx, promoteSQL, c.db.args([]any{keys, orders, make([]bool, len(keys))})...)
+	_, err := q.Exec(ctx, promoteSQL, c.db.args([]any{keys, orders, make([]bool, len(keys)), c.notify})...)
 	if err != nil {
 		return fmt.Errorf("make the first rows of their ordering keys due: %w", err)
 	}

@@ -80,15 +80,24 @@ func (d db) noFlush(ctx context.Context, scan func(pgx.Rows) error, sql string, 
 }
 
 // tidOnly runs sql after tidOnlySQL in one transaction, passing its rows
-// to scan. The statements then, if any, run after it, in the transaction.
-func (d db) tidOnly(ctx context.Context, scan func(pgx.Rows) error, sql string, args []any, then ...stmt) error {
-	return d.inTx(ctx, append([]stmt{{sql: tidOnlySQL}, {sql, args}}, then...), 1, scan)
+// to scan. The statements before and after, if any, run before and after
+// sql, in the transaction.
+func (d db) tidOnly(ctx context.Context, scan func(pgx.Rows) error, sql string, args []any, before, after []stmt) error {
+	return d.around(ctx, tidOnlySQL, scan, sql, args, before, after)
 }
 
 // keyOnly runs sql after keyOnlySQL in one transaction, passing its rows
-// to scan. The statements then, if any, run after it, in the transaction.
-func (d db) keyOnly(ctx context.Context, scan func(pgx.Rows) error, sql string, args []any, then ...stmt) error {
-	return d.inTx(ctx, append([]stmt{{sql: keyOnlySQL}, {sql, args}}, then...), 1, scan)
+// to scan. The statements before and after, if any, run before and after
+// sql, in the transaction.
+func (d db) keyOnly(ctx context.Context, scan func(pgx.Rows) error, sql string, args []any, before, after []stmt) error {
+	return d.around(ctx, keyOnlySQL, scan, sql, args, before, after)
+}
+
+// around runs settings, before, sql and after in one transaction, passing
+// the rows of sql to scan.
+func (d db) around(ctx context.Context, settings string, scan func(pgx.Rows) error, sql string, args []any, before, after []stmt) error {
+	stmts := append(append(append([]stmt{{sql: settings}}, before...), stmt{sql, args}), after...)
+	return d.inTx(ctx, stmts, 1+len(before), scan)
 }
 
 // inTx runs the statements in one transaction, each in a snapshot of its

@@ -158,7 +158,7 @@ func promoteStranded(ctx context.Context, d db) (int, error) {
 		if len(keys) == 0 {
 			return total, nil
 		}
-		stmts := []stmt{{orderLockOnlySQL, []any{orders}}, {promoteSQL, []any{keys, orders, make([]bool, len(keys))}}}
+		stmts := []stmt{{orderLockOnlySQL, []any{orders}}, {promoteSQL, []any{keys, orders, make([]bool, len(keys)), true}}}
 		if err := d.inTx(ctx, stmts, -1, nil); err != nil {
 			return total, err
 		}

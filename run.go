@@ -221,6 +221,13 @@ func (w *worker) runTx(ctx context.Context, j *job, payload []byte) (bool, error
 	default:
 		return false, fmt.Errorf("%w: the transaction was ended by a statement of ProcessTx (COMMIT or ROLLBACK); return nil to commit, an error to roll back", ErrTxControl)
 	}
+	// The key's lock comes before the row's, as in every other writer.
+	var next promotions
+	next.add(j, string(Done))
+	lock, promote := next.stmts(w.cfg.notify)
+	if err := execAll(ctx, tx, w.db, lock); err != nil {
+		return false, fmt.Errorf("lock ordering key %q: %w", j.order, err)
+	}
 	tag, err := tx.Exec(ctx, completeTxSQL, w.db.args([]any{pgUUID(j.id), j.key, pgUUID(w.id), j.claim})...)
 	if err != nil {
 		return false, fmt.Errorf("mark done: %w", err)
@@ -228,12 +235,8 @@ func (w *worker) runTx(ctx context.Context, j *job, payload []byte) (bool, error
 	if tag.RowsAffected() != 1 {
 		return false, fmt.Errorf("%w: row was taken over before the transaction committed; its writes were rolled back", ErrLeaseLost)
 	}
-	var next promotions
-	next.add(j, string(Done))
-	for _, s := range next.stmts() {
-		if _, err := tx.Exec(ctx, s.sql, w.db.args(s.args)...); err != nil {
-			return false, fmt.Errorf("make the next row of ordering key %q due: %w", j.order, err)
-		}
+	if err := execAll(ctx, tx, w.db, promote); err != nil {
+		return false, fmt.Errorf("make the next row of ordering key %q due: %w", j.order, err)
 	}
 	// The row is locked by tx and cannot be taken over: finish the commit
 	// even if the handler's context ends meanwhile, so that a commit that
@@ -294,4 +297,14 @@ func goid() uint64 {
 	}
 	id, _ := strconv.ParseUint(string(b), 10, 64)
 	return id
+}
+
+// execAll runs the statements in tx.
+func execAll(ctx context.Context, tx pgx.Tx, d db, stmts []stmt) error {
+	for _, s := range stmts {
+		if _, err := tx.Exec(ctx, s.sql, d.args(s.args)...); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -508,8 +508,9 @@ var limitLockSQL = keyLocks(limitLockClass)
 // these keys committed, and no Set of them runs until this transaction
 // ends. Whichever of a Set and a finish takes a key's lock second sees
 // what the first did: the Set stores its row due when the row before it
-// finished, or the finish makes the Set's row due.
-const promoteSQL = `
+// finished, or the finish makes the Set's row due. With $4, a row made due
+// notifies idle workers (at commit).
+var promoteSQL = `
 WITH k AS MATERIALIZED (
     SELECT DISTINCT h, o, skip FROM unnest($1::text[], $2::text[], $3::bool[]) AS k(h, o, skip)
 ), skipped AS (
@@ -534,7 +535,8 @@ WITH k AS MATERIALIZED (
       AND r.status = '' AND r.due_at = 'infinity'
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM skipped), (SELECT count(*) FROM promoted)`
+SELECT (SELECT count(*) FROM skipped), (SELECT count(*) FROM promoted),
+       CASE WHEN $4::bool AND EXISTS (SELECT FROM promoted) THEN ` + notifySQL + ` END IS NULL`
 
 // strandedSQL finds up to $1 keys whose first row waits although nothing
 // is before it: its predecessor was deleted (Admin.Delete, retention of a

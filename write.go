@@ -91,7 +91,8 @@ func (w *worker) write(batch []*job) {
 		w.deadCalls.remember(k, deadClaims[k], rec)
 	}
 	started := time.Now()
-	written, err := w.complete(ctids, ids, keys, claims, statuses, errs, types, counted, dues, next.stmts())
+	lock, promote := next.stmts(w.cfg.notify)
+	written, err := w.complete(ctids, ids, keys, claims, statuses, errs, types, counted, dues, lock, promote)
 	if w.cfg.hooks != nil {
 		lost := len(keys) - len(written)
 		if err != nil {
@@ -127,10 +128,10 @@ func (w *worker) write(batch []*job) {
 // statement writes the missed rows, found by key; a row missed again is no
 // longer the worker's.
 //
-// The statements then run after each in the same transaction: they make
-// the next rows of finished ordered rows due.
+// The statements lock and promote run before and after each in the same
+// transaction: they make the next rows of finished ordered rows due.
 func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, claims []int32, statuses []string,
-	errs, types []*string, counted []bool, dues []*time.Time, then []stmt) (map[rowID]bool, error) {
+	errs, types []*string, counted []bool, dues []*time.Time, lock, promote []stmt) (map[rowID]bool, error) {
 	written := make(map[rowID]bool, len(ids))
 	// mark records the rows a statement wrote: it returns the positions,
 	// from 1, in the arrays it was given, whose keys are ids and keys.
@@ -147,7 +148,7 @@ func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, 
 	err := w.retry(w.writeCtx, "write results", func() error {
 		clear(written)
 		return w.db.tidOnly(w.writeCtx, mark(ids, keys), completeSQL,
-			[]any{ctids, ids, keys, claims, statuses, errs, counted, dues, w.deadBy, pgUUID(w.id), types}, then...)
+			[]any{ctids, ids, keys, claims, statuses, errs, counted, dues, w.deadBy, pgUUID(w.id), types}, lock, promote)
 	})
 	if err != nil || len(written) == len(ids) {
 		return written, err
@@ -173,7 +174,7 @@ func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, 
 			delete(written, rowID{mIDs[i].Bytes, mKeys[i]})
 		}
 		return w.db.keyOnly(w.writeCtx, mark(mIDs, mKeys), completeByKeySQL,
-			[]any{mIDs, mKeys, mClaims, mStatuses, mErrs, mCounted, mDues, w.deadBy, pgUUID(w.id), mTypes}, then...)
+			[]any{mIDs, mKeys, mClaims, mStatuses, mErrs, mCounted, mDues, w.deadBy, pgUUID(w.id), mTypes}, lock, promote)
 	})
 	return written, err
 }
@@ -200,13 +201,15 @@ func (p *promotions) add(j *job, status string) {
 	}
 }
 
-// stmts returns the statements that lock the keys and promote their next
-// rows; none when there is nothing to promote.
-func (p *promotions) stmts() []stmt {
+// stmts returns the statement that locks the keys, to run before the rows
+// are written (a Set takes the locks before it may wait for a row: so
+// must everyone), and the one that promotes their next rows, waking idle
+// workers if notify; none when there is nothing to promote.
+func (p *promotions) stmts(notify bool) (lock, promote []stmt) {
 	if len(p.keys) == 0 {
-		return nil
+		return nil, nil
 	}
-	return []stmt{{orderLockOnlySQL, []any{p.orders}}, {promoteSQL, []any{p.keys, p.orders, p.skip}}}
+	return []stmt{{orderLockOnlySQL, []any{p.orders}}}, []stmt{{promoteSQL, []any{p.keys, p.orders, p.skip, notify}}}
 }
 
 // deadRecord describes a row that dies with err.
