@@ -12,6 +12,15 @@
 // handler always fails —, each transactional effect exactly once and each
 // plain handler run at least once.
 //
+// About a quarter of the events are ordered: ledger events, each with an
+// ordering key that one writer sends in increasing sequence numbers. Their
+// handlers fail some first attempts, so retries hold back a key's later
+// rows. Per key, the transactional handler's effects must be exactly the
+// sequence 0, 1, 2, ... in the order they were inserted, and the plain
+// handler's runs, in the order they started, must never go back (a re-run
+// of the same row may repeat its number) nor start before the row before
+// them was done.
+//
 // Run the CI size (10,000 events, under 90 s with -race on 2 cores):
 //
 //	go test -race -count=1 ./chaos/ -v
@@ -270,8 +279,8 @@ func TestChaos(t *testing.T) {
 			last = counts
 			pending := counts[inbox.Null] + counts[inbox.Failed] + counts[inbox.Progress]
 			if pending == 0 || time.Since(lastPrint) >= progressEvery {
-				t.Logf("%5.1fs drain: %s, %d workers killed so far",
-					time.Since(began).Seconds(), formatCounts(counts), kills.Load())
+				t.Logf("%5.1fs drain: %s, %s, %d workers killed so far",
+					time.Since(began).Seconds(), formatCounts(counts), orderedBacklog(ctx, pool), kills.Load())
 				lastPrint = time.Now()
 			}
 			if pending == 0 {
@@ -279,8 +288,8 @@ func TestChaos(t *testing.T) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("not drained within %v of the writers finishing: last counts %s, last error %v",
-				size.drainWithin, formatCounts(last), err)
+			t.Fatalf("not drained within %v of the writers finishing: last counts %s, last error %v; ordering keys with the most rows unfinished:%s",
+				size.drainWithin, formatCounts(last), err, stuckKeys(ctx, pool))
 		}
 		time.Sleep(pollEvery)
 	}
@@ -332,7 +341,7 @@ func TestChaos(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := verify(t, ctx, pool, ids, acked)
+	res := verify(t, ctx, pool, ids, ledgerPlan(ids, writers), acked)
 
 	var dups, retries int
 	for _, s := range summaries {
@@ -346,11 +355,14 @@ func TestChaos(t *testing.T) {
   worker processes      %d at a time, %d killed with SIGKILL and restarted (every %v)
   PostgreSQL restarts   %d (immediate stop, kept down %v, unreachable %.1fs in all)
   rescued leases        %d rows whose last_error says %q; %d rescues logged by workers
+  deadlocks             %d logged by children (an alarm: every writer takes key locks before row locks)
   total attempts        %d (%d done rows needed more than one)
   dead rows             %d, all where the handler always fails, each after %d attempts
   max attempts          %d allowed (WithMaxRetryAttempt: a healthy row may lose %d attempts to kills and outages); seen on a done row %d, on any row %d
   plain handler runs    %d for %d done rows (%d re-runs: at least once)
   tx handler effects    %d for %d rows (exactly once)
+  ordered (ledger)      %d events on %d ordering keys, 2 handlers: %d effects in order (exactly once), %d runs in order (%d re-runs);
+                        %d rows fail their first attempt by design, %d rows needed more than one
   elapsed               %.1fs: cluster start %.1fs, write %.1fs, drain %.1fs, stop and check %.1fs`,
 		size.name, seed,
 		len(ids), writers, res.rows, dups,
@@ -358,11 +370,14 @@ func TestChaos(t *testing.T) {
 		workers, kills.Load(), killEvery,
 		pgRestarts.Load(), pgDownFor, time.Duration(pgDown.Load()).Seconds(),
 		res.rescued, leaseExpiredIn, ps.countInLogs("claimed a row whose lease had expired"),
+		ps.countInLogs("deadlock detected"),
 		res.attempts, res.retriedDone,
 		res.dead, maxAttempts,
 		maxAttempts, maxAttempts-1, res.maxDoneAttempts, res.maxAttempts,
 		res.plainRuns, res.plainDone, res.plainReruns,
 		res.effects, res.txRows,
+		res.ledger.events, res.ledger.keys, res.ledger.effects, res.ledger.runs, res.ledger.reruns,
+		res.ledger.failedFirst, res.ledger.retried,
 		end.Sub(began).Seconds(), writeStart.Sub(began).Seconds(), writeDone.Sub(writeStart).Seconds(),
 		drainDone.Sub(writeDone).Seconds(), end.Sub(drainDone).Seconds())
 	if pgRestarts.Load() != int64(len(pgOutagesAt)) {
@@ -397,7 +412,7 @@ CREATE TABLE plain_runs (
     handler_key text        NOT NULL,
     pid         integer     NOT NULL,
     at          timestamptz NOT NULL DEFAULT clock_timestamp()
-);`)
+);`+ledgerTables)
 	return err
 }
 

@@ -31,7 +31,8 @@ const (
 )
 
 // The event types and handler keys. Each event type has a plain handler
-// and a transactional one, so each event has two rows.
+// and a transactional one, so each event has two rows. The ledger event
+// type, ordered, has its own (see ledger_test.go).
 const (
 	typeOrder   = "order"
 	typePayment = "payment"
@@ -151,10 +152,22 @@ func eventIDs(seed uint64, n int) []uuid.UUID {
 
 // eventType is the event type of an id.
 func eventType(id uuid.UUID) string {
-	if id[15]&1 == 1 {
+	switch {
+	case isLedger(id):
+		return typeLedger
+	case id[15]&1 == 1:
 		return typePayment
+	default:
+		return typeOrder
 	}
-	return typeOrder
+}
+
+// handlerKeys returns the handler keys of an event type.
+func handlerKeys(eventType string) []string {
+	if eventType == typeLedger {
+		return []string{keyLedgerPlain, keyLedgerTx}
+	}
+	return []string{keyPlain, keyTx}
 }
 
 // alwaysFails reports whether the plain handler of this event always
@@ -164,7 +177,8 @@ func alwaysFails(id uuid.UUID) bool {
 	return eventType(id) == typePayment && id[0] <= 0x03
 }
 
-// registry builds the handlers. The payload is the event id as text.
+// registry builds the handlers. The payload is the event id as text
+// (ledger events: see ledgerHandlers).
 //
 // The plain handler records each run in plain_runs (at least once: a run
 // whose result was lost runs again). The transactional handler inserts its
@@ -197,6 +211,8 @@ func registry(pool *pgxpool.Pool) *inbox.Registry {
 		})
 		reg.On(et, plain, tx)
 	}
+	plain, tx := ledgerHandlers(pool)
+	reg.On(typeLedger, plain, tx)
 	return reg
 }
 
@@ -248,9 +264,12 @@ func runWorker(cfg childConfig, log *slog.Logger) error {
 }
 
 // runWriter sends its share of the events, paced over cfg.Duration, with
-// 10 % duplicates of ids it sent in earlier batches. A failed Set is
-// retried, the same batch, until it succeeds. Each acknowledged batch's new
-// ids are appended to cfg.AckedPath; the summary goes to cfg.SummaryPath.
+// 10 % duplicates of ids it sent in earlier batches. Each batch is
+// shuffled, but for its new ledger events, which keep the writer's order:
+// each of the writer's ordering keys gets its events in increasing
+// sequence. A failed Set is retried, the same batch, until it succeeds.
+// Each acknowledged batch's new ids are appended to cfg.AckedPath; the
+// summary goes to cfg.SummaryPath.
 func runWriter(cfg childConfig, log *slog.Logger) error {
 	start := time.Now()
 	pool, err := newPool(cfg.URL, 4)
@@ -265,8 +284,10 @@ func runWriter(cfg childConfig, log *slog.Logger) error {
 	}
 	client := ib.Client()
 
+	ids := eventIDs(cfg.Seed, cfg.Events)
+	plan := ledgerPlan(ids, cfg.Writers)
 	var mine []uuid.UUID
-	for i, id := range eventIDs(cfg.Seed, cfg.Events) {
+	for i, id := range ids {
 		if i%cfg.Writers == cfg.Writer {
 			mine = append(mine, id)
 		}
@@ -289,18 +310,21 @@ func runWriter(cfg childConfig, log *slog.Logger) error {
 		fresh := mine[b*cfg.BatchSize : min((b+1)*cfg.BatchSize, len(mine))]
 		sent := mine[:b*cfg.BatchSize]
 		recs := make([]*inbox.Record, 0, len(fresh)+len(fresh)/5)
-		for _, id := range fresh {
-			recs = append(recs, newRecord(id))
+		place := make(map[uuid.UUID]int, len(fresh))
+		for i, id := range fresh {
+			recs = append(recs, newRecord(id, plan))
+			place[id] = i
 		}
 		if b > 0 {
 			// Spread dupTarget duplicates over batches 1..batches-1.
 			ndup := dupTarget*b/max(batches-1, 1) - sum.Duplicates
 			for range ndup {
-				recs = append(recs, newRecord(sent[rng.IntN(len(sent))]))
+				recs = append(recs, newRecord(sent[rng.IntN(len(sent))], plan))
 			}
 			sum.Duplicates += ndup
 		}
 		rng.Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
+		inWriterOrder(recs, place)
 		retries, err := setUntilStored(client, recs, log)
 		sum.Retries += retries
 		if err != nil {
@@ -324,10 +348,21 @@ func runWriter(cfg childConfig, log *slog.Logger) error {
 	return os.WriteFile(cfg.SummaryPath, out, 0o644)
 }
 
-func newRecord(id uuid.UUID) *inbox.Record {
-	r, err := inbox.NewRecord(id, eventType(id), []byte(id.String()))
+// newRecord returns the record of event id: its payload is the id as
+// text, or for a ledger event its place in plan, with its ordering key. A
+// duplicate is the same record again.
+func newRecord(id uuid.UUID, plan map[uuid.UUID]ledgerEvent) *inbox.Record {
+	payload := []byte(id.String())
+	ev, ledger := plan[id]
+	if ledger {
+		payload = ledgerPayload(id, ev)
+	}
+	r, err := inbox.NewRecord(id, eventType(id), payload)
 	if err != nil {
 		panic(err) // ids are never Nil, types never blank
+	}
+	if ledger {
+		r = r.WithOrderingKey(ev.key)
 	}
 	return r
 }

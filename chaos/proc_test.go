@@ -123,7 +123,7 @@ func (ps *procs) countInLogs(s string) int {
 }
 
 // alarms are what a child's log must never contain.
-var alarms = []string{"WARNING: DATA RACE", "panic:", "chaos child failed", "fatal error:"}
+var alarms = []string{"WARNING: DATA RACE", "panic:", "chaos child failed", "fatal error:", "deadlock detected"}
 
 // alarming returns the children whose logs contain an alarm.
 func (ps *procs) alarming() []string {

@@ -3,11 +3,14 @@ package chaos_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pginbox/inbox"
@@ -20,10 +23,13 @@ type rowKey struct {
 }
 
 type rowState struct {
-	eventType string
-	status    inbox.Status
-	attempts  int
-	lastError string
+	eventType   string
+	status      inbox.Status
+	attempts    int
+	lastError   string
+	orderingKey string // "" for none
+	seq         pgtype.Int8
+	updatedAt   time.Time
 }
 
 // results are the counts verify reports.
@@ -33,6 +39,7 @@ type results struct {
 	maxDoneAttempts, maxAttempts      int
 	plainRuns, plainDone, plainReruns int
 	effects, txRows                   int
+	ledger                            ledgerResults
 }
 
 // problems collects failures of one kind, keeping the first few examples.
@@ -57,7 +64,9 @@ func (p *problems) report(t *testing.T) {
 }
 
 // verify checks the tables against the events sent and returns the counts.
-func verify(t *testing.T, ctx context.Context, pool *pgxpool.Pool, ids []uuid.UUID, acked map[uuid.UUID]bool) results {
+// plan places the ledger events among ids.
+func verify(t *testing.T, ctx context.Context, pool *pgxpool.Pool, ids []uuid.UUID, plan map[uuid.UUID]ledgerEvent,
+	acked map[uuid.UUID]bool) results {
 	t.Helper()
 	var res results
 	expected := make(map[uuid.UUID]bool, len(ids))
@@ -95,7 +104,8 @@ func verify(t *testing.T, ctx context.Context, pool *pgxpool.Pool, ids []uuid.UU
 
 	// Every row of every event, done or, exactly where the handler always
 	// fails, dead after the last attempt.
-	rows, err := pool.Query(ctx, `SELECT event_id, handler_key, event_type, status, attempts, last_error FROM inbox_records`)
+	rows, err := pool.Query(ctx, `SELECT event_id, handler_key, event_type, status, attempts, last_error,
+       coalesce(ordering_key, ''), seq, updated_at FROM inbox_records`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +113,8 @@ func verify(t *testing.T, ctx context.Context, pool *pgxpool.Pool, ids []uuid.UU
 	var k rowKey
 	var s rowState
 	var status string
-	_, err = pgx.ForEachRow(rows, []any{&k.id, &k.key, &s.eventType, &status, &s.attempts, &s.lastError}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&k.id, &k.key, &s.eventType, &status, &s.attempts, &s.lastError,
+		&s.orderingKey, &s.seq, &s.updatedAt}, func() error {
 		s.status = inbox.Status(status)
 		states[k] = s
 		return nil
@@ -117,7 +128,7 @@ func verify(t *testing.T, ctx context.Context, pool *pgxpool.Pool, ids []uuid.UU
 	notDead := problems{what: "rows of an always-failing handler not dead"}
 	deadEarly := problems{what: fmt.Sprintf("dead rows with other than %d attempts", maxAttempts)}
 	for _, id := range ids {
-		for _, key := range []string{keyPlain, keyTx} {
+		for _, key := range handlerKeys(eventType(id)) {
 			st, ok := states[rowKey{id, key}]
 			if !ok {
 				missing.add("event %s handler %s (acknowledged: %v)", id, key, acked[id])
@@ -154,7 +165,7 @@ func verify(t *testing.T, ctx context.Context, pool *pgxpool.Pool, ids []uuid.UU
 	}
 	extra := problems{what: "rows of events never sent"}
 	for k := range states {
-		if !expected[k.id] || (k.key != keyPlain && k.key != keyTx) {
+		if !expected[k.id] || !slices.Contains(handlerKeys(eventType(k.id)), k.key) {
 			extra.add("event %s handler %s", k.id, k.key)
 		}
 	}
@@ -163,7 +174,7 @@ func verify(t *testing.T, ctx context.Context, pool *pgxpool.Pool, ids []uuid.UU
 	}
 
 	// The transactional handler's effect exactly once per event; the plain
-	// handler at least once per done row.
+	// handler at least once per done row. (Ledger events: verifyLedger.)
 	effects := countBy(t, ctx, pool, "effects")
 	plainRuns := countBy(t, ctx, pool, "plain_runs")
 	effectWrong := problems{what: "tx handler rows whose effect is not stored exactly once"}
@@ -171,6 +182,9 @@ func verify(t *testing.T, ctx context.Context, pool *pgxpool.Pool, ids []uuid.UU
 	plainDead := problems{what: "plain runs recorded for an always-failing handler"}
 	plainTwice := problems{what: "plain handler rows that ran more often than they were claimed (two runs in one attempt)"}
 	for _, id := range ids {
+		if eventType(id) == typeLedger {
+			continue
+		}
 		res.txRows++
 		if n := effects[rowKey{id, keyTx}]; n != 1 {
 			effectWrong.add("event %s: %d effects; %s", id, n, describeEffects(ctx, pool, id))
@@ -197,19 +211,21 @@ func verify(t *testing.T, ctx context.Context, pool *pgxpool.Pool, ids []uuid.UU
 	strayEffects := problems{what: "effects or plain runs of events never sent"}
 	for k, n := range effects {
 		res.effects += n
-		if !expected[k.id] || k.key != keyTx {
+		if !expected[k.id] || k.key != keyTx || eventType(k.id) == typeLedger {
 			strayEffects.add("effects: event %s handler %s (%d)", k.id, k.key, n)
 		}
 	}
 	for k, n := range plainRuns {
 		res.plainRuns += n
-		if !expected[k.id] || k.key != keyPlain {
+		if !expected[k.id] || k.key != keyPlain || eventType(k.id) == typeLedger {
 			strayEffects.add("plain_runs: event %s handler %s (%d)", k.id, k.key, n)
 		}
 	}
 	for _, p := range []*problems{&effectWrong, &plainMissing, &plainDead, &plainTwice, &strayEffects} {
 		p.report(t)
 	}
+
+	res.ledger = verifyLedger(t, ctx, pool, plan, states)
 	return res
 }
 
