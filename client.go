@@ -94,7 +94,9 @@ func (c *Client) Set(ctx context.Context, records ...*Record) error {
 //
 // Deadlock freedom holds within one SetTx call; a transaction that calls
 // SetTx several times, or writes inbox rows otherwise, takes its locks in
-// the order of its calls.
+// the order of its calls. Records with ordering keys lock their keys until
+// tx ends: the key's other Sets, and the finishing of its rows, wait for
+// it, so keep such transactions short.
 func (c *Client) SetTx(ctx context.Context, tx pgx.Tx, records ...*Record) error {
 	_, err := c.SetTxWithResult(ctx, tx, records...)
 	return err
