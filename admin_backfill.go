@@ -182,7 +182,7 @@ func (a *Admin) backfillBatch(ctx context.Context, spec BackfillSpec, after uuid
 		for i := range keys {
 			keys[i] = spec.HandlerKey
 		}
-		_, err = tx.Exec(ctx, promoteSQL, a.db.args([]any{keys, orders, make([]bool, len(keys)), false})...)
+		_, err = tx.Exec(ctx, promoteSQL, a.db.args([]any{keys, orders, make([]bool, len(keys)), false, []*int64(nil)})...)
 		return err
 	})
 	return res, err

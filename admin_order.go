@@ -78,7 +78,7 @@ func (a *Admin) SkipParked(ctx context.Context, handlerKey, orderingKey string, 
 		if _, err := tx.Exec(ctx, skipHistorySQL, a.db.args([]any{handlerKey, orderingKey, sanitize(opts.Actor), boundText(opts.Reason)})...); err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, promoteSQL, a.db.args([]any{[]string{handlerKey}, []string{orderingKey}, []bool{true}, false})...).
+		return tx.QueryRow(ctx, promoteSQL, a.db.args([]any{[]string{handlerKey}, []string{orderingKey}, []bool{true}, false, []*int64(nil)})...).
 			Scan(&skipped, &promoted, nil)
 	})
 	if err != nil {

@@ -193,10 +193,11 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 			attempt, claims, maxAttempts int
 			storedAt                     time.Time
 			trace, order                 pgtype.Text
+			seq                          pgtype.Int8
 			withheld, rescued            bool
 		)
 		_, err := pgx.ForEachRow(rows, []any{&locked, &ctid, &id, &eventType, &key, &payload, &attempt, &claims, &maxAttempts,
-			&status, &msg, &storedAt, &trace, &order, &withheld, &rescued}, func() error {
+			&status, &msg, &storedAt, &trace, &order, &seq, &withheld, &rescued}, func() error {
 			ro := w.routes.byTypeKey[string(eventType)][string(key)]
 			if ro == nil {
 				return fmt.Errorf("claimed a row of an unregistered pair (%q, %q)", eventType, key)
@@ -215,12 +216,12 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 				died = append(died, DeadRecord{EventID: rid.id, EventType: ro.eventType, HandlerKey: ro.key, Attempts: attempt, Err: err})
 				diedClaims = append(diedClaims, claims)
 				if order.Valid {
-					moveOn.add(&job{rowID: rid, route: ro, order: order.String}, string(Dead))
+					moveOn.add(&job{rowID: rid, route: ro, order: order.String, seq: seq.Int64}, string(Dead))
 				}
 				return nil
 			}
 			jobs = append(jobs, &job{rowID: rid, route: ro, payload: payload, withheld: withheld, attempt: attempt, claim: claims,
-				maxAttempts: maxAttempts, storedAt: storedAt, trace: trace.String, order: order.String, ctid: ctid, leaseUntil: leaseUntil})
+				maxAttempts: maxAttempts, storedAt: storedAt, trace: trace.String, order: order.String, seq: seq.Int64, ctid: ctid, leaseUntil: leaseUntil})
 			payload = nil
 			return nil
 		})

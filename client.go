@@ -400,7 +400,7 @@ func (p *setPlan) promote(ctx context.Context, c *Client, q querier) error {
 	if keys == nil {
 		return nil
 	}
-	_, err := q.Exec(ctx, promoteSQL, c.db.args([]any{keys, orders, make([]bool, len(keys)), c.notify})...)
+	_, err := q.Exec(ctx, promoteSQL, c.db.args([]any{keys, orders, make([]bool, len(keys)), c.notify, []*int64(nil)})...)
 	if err != nil {
 		return fmt.Errorf("make the first rows of their ordering keys due: %w", err)
 	}

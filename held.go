@@ -89,6 +89,7 @@ type job struct {
 	storedAt    time.Time
 	trace       string // the stored trace context, "" for none
 	order       string // the row's ordering key, "" for none
+	seq         int64  // the row's place in its key's order
 	// ctid is where the row was at its claim or latest renewal: the
 	// writer reaches it there without an index lookup.
 	ctid pgtype.TID

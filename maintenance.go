@@ -158,7 +158,7 @@ func promoteStranded(ctx context.Context, d db) (int, error) {
 		if len(keys) == 0 {
 			return total, nil
 		}
-		stmts := []stmt{{orderLockOnlySQL, []any{orders}}, {promoteSQL, []any{keys, orders, make([]bool, len(keys)), true}}}
+		stmts := []stmt{{orderLockOnlySQL, []any{orders}}, {promoteSQL, []any{keys, orders, make([]bool, len(keys)), true, []*int64(nil)}}}
 		if err := d.inTx(ctx, stmts, -1, nil); err != nil {
 			return total, err
 		}

@@ -212,7 +212,7 @@ WITH due AS MATERIALIZED (
     WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM ` + from + `))
     RETURNING (SELECT count(*) FROM due), r.ctid, r.event_id, r.event_type, r.handler_key,
               CASE WHEN (SELECT ok FROM inline) THEN r.payload END, r.attempts, r.claims, r.max_attempts,
-              r.status, r.last_error, r.created_at, r.trace_context, r.ordering_key, NOT (SELECT ok FROM inline),
+              r.status, r.last_error, r.created_at, r.trace_context, r.ordering_key, r.seq, NOT (SELECT ok FROM inline),
               (SELECT any_rescued FROM rescues)
               AND EXISTS (SELECT FROM due d WHERE d.status = 'progress'
                           AND d.event_id = r.event_id AND d.handler_key = r.handler_key)
@@ -509,10 +509,15 @@ var limitLockSQL = keyLocks(limitLockClass)
 // ends. Whichever of a Set and a finish takes a key's lock second sees
 // what the first did: the Set stores its row due when the row before it
 // finished, or the finish makes the Set's row due. With $4, a row made due
-// notifies idle workers (at commit).
+// notifies idle workers (at commit). $5[i], when not NULL, is the seq of
+// the row of key i that finished: the lookup of the next starts after it,
+// not at the key's first rows (finished rows leave entries in the order
+// index until vacuum removes them). A row before it that is unfinished (a
+// replayed one) still holds the next back: the claim checks.
 var promoteSQL = `
 WITH k AS MATERIALIZED (
-    SELECT DISTINCT h, o, skip FROM unnest($1::text[], $2::text[], $3::bool[]) AS k(h, o, skip)
+    SELECT DISTINCT h, o, skip, after
+    FROM unnest($1::text[], $2::text[], $3::bool[], $5::int8[]) AS k(h, o, skip, after)
 ), skipped AS (
     UPDATE inbox_records d SET ordering_key = NULL, updated_at = now()
     WHERE d.ctid = ANY (ARRAY(
@@ -526,13 +531,14 @@ WITH k AS MATERIALIZED (
 ), head AS MATERIALIZED (
     SELECT (SELECT r.ctid FROM inbox_records r
             WHERE r.handler_key = k.h AND r.ordering_key = k.o AND r.status <> 'done'
+              AND r.seq > coalesce(k.after, -1)
               AND NOT (k.skip AND r.status = 'dead')
             ORDER BY r.seq LIMIT 1) AS row_ctid
     FROM k
 ), promoted AS (
     UPDATE inbox_records r SET due_at = now(), updated_at = now()
     WHERE r.ctid = ANY (ARRAY(SELECT row_ctid FROM head WHERE row_ctid IS NOT NULL))
-      AND r.status = '' AND r.due_at = 'infinity'
+      AND (r.status = '' AND r.due_at = 'infinity') IS TRUE -- not an index condition: a TID scan
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM skipped), (SELECT count(*) FROM promoted),

@@ -186,6 +186,7 @@ func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, 
 type promotions struct {
 	keys, orders []string
 	skip         []bool
+	after        []int64 // the finished rows' seq
 }
 
 // add notes the key of job j, written with status.
@@ -195,9 +196,9 @@ func (p *promotions) add(j *job, status string) {
 	}
 	switch {
 	case status == string(Done):
-		p.keys, p.orders, p.skip = append(p.keys, j.key), append(p.orders, j.order), append(p.skip, false)
+		p.keys, p.orders, p.skip, p.after = append(p.keys, j.key), append(p.orders, j.order), append(p.skip, false), append(p.after, j.seq)
 	case status == string(Dead) && j.route.movesOn:
-		p.keys, p.orders, p.skip = append(p.keys, j.key), append(p.orders, j.order), append(p.skip, true)
+		p.keys, p.orders, p.skip, p.after = append(p.keys, j.key), append(p.orders, j.order), append(p.skip, true), append(p.after, j.seq)
 	}
 }
 
@@ -209,7 +210,7 @@ func (p *promotions) stmts(notify bool) (lock, promote []stmt) {
 	if len(p.keys) == 0 {
 		return nil, nil
 	}
-	return []stmt{{orderLockOnlySQL, []any{p.orders}}}, []stmt{{promoteSQL, []any{p.keys, p.orders, p.skip, notify}}}
+	return []stmt{{orderLockOnlySQL, []any{p.orders}}}, []stmt{{promoteSQL, []any{p.keys, p.orders, p.skip, notify, p.after}}}
 }
 
 // deadRecord describes a row that dies with err.
