@@ -73,6 +73,24 @@
 //	       without hooks and with a no-op function on every hook and a
 //	       propagator that stores nothing, taking turns. Target: the drain
 //	       with hooks >= 0.95x the drain without.
+//	Ordered
+//	       ordered processing. 200,000 events (20,000 at -size small)
+//	       with ordering keys spread over 1,000 keys (each Set batch of
+//	       1,000 holds events of about 620 keys, each key's in order) are
+//	       Set and drained with a no-op handler that checks each key's
+//	       order, taking turns with the same events without keys, with
+//	       those on a table without inbox_records_progress_idx. An
+//	       ordered drain not done after 30s (10s at -size small) stops
+//	       there and is rated by what ran. Reports Set rates (also of the
+//	       first and last tenth of the Sets), drain rates, CPU per event,
+//	       and claim and write times (from hooks). Target: the ordered
+//	       drain >= 0.50x the drain without keys.
+//	       Then the claim's cost with rows kept: a table keeping 1,000,000
+//	       done rows (100,000 at -size small), 1,000 parked keys (a dead
+//	       row each) and 100,000 rows waiting behind them (10,000), loaded
+//	       by INSERT ... SELECT from generate_series, against an empty
+//	       table: 20,000 fresh events (10,000) over 1,000 other keys, and
+//	       the same without keys, Set and drained on each.
 //
 // Method: every figure is the median, printed with its min–max range, of
 // several repetitions in which the library's and the floors' runs take
@@ -86,7 +104,7 @@
 //
 // Usage:
 //
-//	go run ./cmd/inboxbench [-size small|full] [-reps N] [-only W1,W1b,W2,W3,Idle,Burst,Retention,Ops] [-url URL]
+//	go run ./cmd/inboxbench [-size small|full] [-reps N] [-only W1,W1b,W2,W3,Idle,Burst,Retention,Ops,Hooks,Ordered] [-url URL]
 //
 // -size small finishes in about a minute (for CI); -size full is the real
 // measurement and takes a quarter of an hour or more. -url names a
@@ -130,19 +148,27 @@ type size struct {
 	idleWindow time.Duration   // Idle: measurement window
 	retention  []retentionCase // Retention: payload sizes and events
 	opsRows    int             // Ops: done rows kept
+
+	ordered        int           // Ordered: events drained with and without ordering keys
+	orderedKept    int           // Ordered: done rows kept for the claim's cost
+	orderedWaiting int           // Ordered: rows kept waiting behind parked keys
+	orderedFresh   int           // Ordered: events drained over the kept rows
+	orderedCap     time.Duration // Ordered: the longest an ordered drain with default options runs
 }
 
 var sizes = map[string]size{
 	"small": {name: "small", reps: 3, w1: []int{20_000}, w1b: 300, w2: 50, w3: 10_000, burst: 5_000,
 		idleRows: 100_000, idleWindow: 2 * time.Second,
-		retention: []retentionCase{{64, 20_000}, {16 << 10, 5_000}}, opsRows: 100_000},
+		retention: []retentionCase{{64, 20_000}, {16 << 10, 5_000}}, opsRows: 100_000,
+		ordered: 20_000, orderedKept: 100_000, orderedWaiting: 10_000, orderedFresh: 10_000, orderedCap: 10 * time.Second},
 	"full": {name: "full", reps: 5, w1: []int{20_000, 100_000, 1_000_000}, w1b: 2_000, w2: 200, w3: 100_000, burst: 60_000,
 		idleRows: 1_000_000, idleWindow: 10 * time.Second,
-		retention: []retentionCase{{64, 200_000}, {1 << 10, 200_000}, {16 << 10, 200_000}}, opsRows: 10_000_000},
+		retention: []retentionCase{{64, 200_000}, {1 << 10, 200_000}, {16 << 10, 200_000}}, opsRows: 10_000_000,
+		ordered: 200_000, orderedKept: 1_000_000, orderedWaiting: 100_000, orderedFresh: 20_000, orderedCap: 30 * time.Second},
 }
 
 // workloads in the order they run.
-var workloads = []string{"W1", "W1b", "W2", "W3", "Idle", "Burst", "Retention", "Ops", "Hooks"}
+var workloads = []string{"W1", "W1b", "W2", "W3", "Idle", "Burst", "Retention", "Ops", "Hooks", "Ordered"}
 
 const (
 	libSchema   = "bench_lib"
@@ -320,6 +346,8 @@ func run(ctx context.Context, sz size, reps int, selected []string, serverURL st
 			werr = b.hooks(ctx)
 		case "Ops":
 			werr = b.ops(ctx)
+		case "Ordered":
+			werr = b.ordered(ctx)
 		}
 		if werr != nil {
 			return 1, fmt.Errorf("%s: %w", w, werr)
