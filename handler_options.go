@@ -89,7 +89,11 @@ func HandlerConcurrency(n int) HandlerOption {
 // claimed ahead and has not started yet count too, so keep
 // [WithBatchSize] small beside n for an even spread across instances.
 // Register the same n for every event type the key handles: an Inbox
-// applies the smallest it was given.
+// applies the smallest it was given. The claims count through a partial
+// index of the rows in progress, which the first Inbox with a limited
+// handler builds when it starts (CONCURRENTLY: Start waits for the build;
+// Sets and workers go on); every claim and result write pays for it from
+// then on, so it is not there until a limit is used.
 func HandlerGlobalConcurrency(n int) HandlerOption {
 	return func(c *handlerConfig) error {
 		if n < 1 || n > 1000000 {

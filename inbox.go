@@ -76,6 +76,9 @@ func (i *Inbox) Start(ctx context.Context) error {
 	} else if err := checkSchema(ctx, i.db, "drop WithoutMigrations"); err != nil {
 		return fmt.Errorf("inbox: start: %w", err)
 	}
+	if err := i.ensureProgressIndex(ctx); err != nil {
+		return fmt.Errorf("inbox: start: %w", err)
+	}
 	w := newWorker(i)
 	if err := w.start(ctx); err != nil {
 		return fmt.Errorf("inbox: start: %w", err)

@@ -377,6 +377,10 @@ func TestGlobalConcurrencyLimit(t *testing.T) {
 		return nil
 	}), inbox.HandlerGlobalConcurrency(limit))
 	reg.On("free", inbox.HandlerFunc("free", func(context.Context, []byte) error { return nil }))
+	var before bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass('inbox_records_progress_idx') IS NOT NULL`).Scan(&before); err != nil || before {
+		t.Fatalf("progress index before a limited Inbox started: %v, %v; want none (not a migration)", before, err)
+	}
 	var ibs []*inbox.Inbox
 	for range 3 {
 		ibs = append(ibs, start(t, pool, reg, testenv.Fast(t, inbox.WithConcurrency(10), inbox.WithBatchSize(10))...))
@@ -389,6 +393,11 @@ func TestGlobalConcurrencyLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitCounts(t, ibs[0], time.Minute, map[inbox.Status]int{inbox.Done: 2 * events})
+	var valid bool
+	if err := pool.QueryRow(ctx, `SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('inbox_records_progress_idx')`).
+		Scan(&valid); err != nil || !valid {
+		t.Fatalf("progress index after the limited Inboxes started: valid %v, %v; want built", valid, err)
+	}
 	if over.Load() > 0 || peak.Load() != limit {
 		t.Fatalf("peak of %d runs at once (%d runs over the limit); want exactly %d", peak.Load(), over.Load(), limit)
 	}
@@ -420,5 +429,24 @@ func TestOrderedManyKeys(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE due_at <> 'infinity'), count(*) FILTER (WHERE due_at = 'infinity')
 		FROM inbox_records`).Scan(&due, &waiting); err != nil || due != 19000 || waiting != 1000 {
 		t.Fatalf("%d rows due, %d waiting (%v); want 19,000 and 1,000", due, waiting, err)
+	}
+}
+
+// Inboxes with a globally limited handler starting at the same time all
+// start, one of them building the index of rows in progress.
+func TestLimitedInboxesStartTogether(t *testing.T) {
+	t.Parallel()
+	pool := orderedPool(t)
+	reg := inbox.NewRegistry()
+	reg.Handle("call", inbox.HandlerFunc("api", badNoop), inbox.HandlerGlobalConcurrency(2))
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() { start(t, pool, reg, testenv.Fast(t)...) })
+	}
+	wg.Wait()
+	var valid bool
+	if err := pool.QueryRow(context.Background(), `SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('inbox_records_progress_idx')`).
+		Scan(&valid); err != nil || !valid {
+		t.Fatalf("progress index: valid %v, %v; want built", valid, err)
 	}
 }

@@ -499,6 +499,30 @@ var orderLockOnlySQL = keyLocks(orderLockClass)
 // concurrency limit, for claimLimitedSQL.
 var limitLockSQL = keyLocks(limitLockClass)
 
+// progressIndexSQL reports whether inbox_records_progress_idx, the index
+// of rows in progress by handler key that claimLimitedSQL counts through,
+// exists, and whether it is valid (a CONCURRENTLY build that failed
+// half-way leaves an invalid one).
+const progressIndexSQL = `
+SELECT coalesce((SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass('inbox_records_progress_idx')), false),
+       to_regclass('inbox_records_progress_idx') IS NOT NULL`
+
+// progressBuildLockSQL and progressBuildUnlockSQL take and release the
+// session advisory lock that lets one Inbox at a time build it (a key no
+// keyLocks lock has).
+var (
+	progressBuildLockSQL   = `SELECT pg_try_advisory_lock(` + strconv.Itoa(limitLockClass) + `, -1)`
+	progressBuildUnlockSQL = `SELECT pg_advisory_unlock(` + strconv.Itoa(limitLockClass) + `, -1)`
+)
+
+// dropProgressIndexSQL and createProgressIndexSQL rebuild it; they run
+// outside a transaction, and Sets and workers go on meanwhile.
+const (
+	dropProgressIndexSQL   = `DROP INDEX CONCURRENTLY IF EXISTS inbox_records_progress_idx`
+	createProgressIndexSQL = `CREATE INDEX CONCURRENTLY IF NOT EXISTS inbox_records_progress_idx
+    ON inbox_records (handler_key) WHERE status = 'progress'`
+)
+
 // promoteSQL makes due the first row of each (handler key $1[i], ordering
 // key $2[i]) if it waits: the row after one that finished. With $3[i], the
 // key's dead rows first leave its order (their ordering key is cleared), so

@@ -79,7 +79,7 @@
 //	       1,000 holds events of about 620 keys, each key's in order) are
 //	       Set and drained with a no-op handler that checks each key's
 //	       order, taking turns with the same events without keys, with
-//	       those on a table without inbox_records_progress_idx. An
+//	       those on a table with inbox_records_progress_idx. An
 //	       ordered drain not done after 30s (10s at -size small) stops
 //	       there and is rated by what ran. Reports Set rates (also of the
 //	       first and last tenth of the Sets), drain rates, CPU per event,
