@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -193,7 +192,7 @@ func BenchmarkSetBacklog(b *testing.B) {
 					turn+1, rates[0][turn], rates[1][turn], rates[1][turn]/rates[0][turn])
 			}
 			b.StopTimer()
-			floor, subject := benchMedian(rates[0]), benchMedian(rates[1])
+			floor, subject := testenv.MedianOf(rates[0]), testenv.MedianOf(rates[1])
 			b.ReportMetric(subject, "msgs/s")
 			b.ReportMetric(floor, "floor-msgs/s")
 			b.ReportMetric(subject/floor, "ratio")
@@ -201,14 +200,4 @@ func BenchmarkSetBacklog(b *testing.B) {
 				b.N, size, floor, subject, subject/floor, log.String())
 		})
 	}
-}
-
-// benchMedian returns the median of xs (the mean of the middle two when even).
-func benchMedian(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

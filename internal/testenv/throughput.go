@@ -41,6 +41,10 @@ func CompareThroughput(b *testing.B, reps, n int, floor, subject func(b *testing
 	}
 }
 
+// MedianOf returns the median of xs (the mean of the middle two when
+// even).
+func MedianOf(xs []float64) float64 { return median(xs) }
+
 // median returns the median of xs (the mean of the middle two when even).
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)
