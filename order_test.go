@@ -450,3 +450,62 @@ func TestLimitedInboxesStartTogether(t *testing.T) {
 		t.Fatalf("progress index: valid %v, %v; want built", valid, err)
 	}
 }
+
+// A row whose worker died mid-attempt at its last attempt dies when its
+// lease is found expired: under HandlerMovesOnPastDead its key's next row
+// then runs; by default the key stays parked behind it.
+func TestOrderedDeathOfALostLease(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := orderedPool(t)
+	var ran sync.Map
+	reg := inbox.NewRegistry()
+	for _, key := range []string{"moves", "parks"} {
+		var opts []inbox.HandlerOption
+		opts = append(opts, inbox.HandlerMaxAttempts(1))
+		if key == "moves" {
+			opts = append(opts, inbox.HandlerMovesOnPastDead())
+		}
+		reg.Handle("acct", inbox.HandlerFunc(key, func(_ context.Context, p []byte) error {
+			ran.Store(key+"/"+string(p), true)
+			return nil
+		}), opts...)
+	}
+	writer, err := inbox.New(pool, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, second := uuid.New(), uuid.New()
+	if err := writer.Client().Set(ctx, testenv.Record(t, first, "acct", "k:0").WithOrderingKey("k"),
+		testenv.Record(t, second, "acct", "k:1").WithOrderingKey("k")); err != nil {
+		t.Fatal(err)
+	}
+	// As a worker that claimed the first row and was killed leaves it.
+	if _, err := pool.Exec(ctx, `UPDATE inbox_records SET status = 'progress', attempts = 1, claims = 1,
+		locked_by = gen_random_uuid(), due_at = now() - interval '1 second' WHERE event_id = $1`, first); err != nil {
+		t.Fatal(err)
+	}
+	ib := start(t, pool, reg, testenv.Fast(t)...)
+	testenv.Eventually(t, time.Minute, "the moving-on handler to run the second row", func() (bool, error) {
+		_, ok := ran.Load("moves/k:1")
+		return ok, nil
+	})
+	for _, key := range []string{"moves", "parks"} {
+		if s := status(ctx, ib, first, key); s != inbox.Dead {
+			t.Fatalf("first row of %s: %q, want dead (its lease expired at its last attempt)", key, s)
+		}
+		if _, ok := ran.Load(key + "/k:0"); ok {
+			t.Fatalf("%s ran the row whose lease expired", key)
+		}
+	}
+	if s := status(ctx, ib, second, "parks"); s != inbox.Null {
+		t.Fatalf("second row of the parked key: %q, want pending (waiting)", s)
+	}
+	if _, ok := ran.Load("parks/k:1"); ok {
+		t.Fatal("the parking handler ran past its dead row")
+	}
+	parked, err := ib.Admin().ParkedKeys(ctx, 0)
+	if err != nil || len(parked) != 1 || parked[0].HandlerKey != "parks" || parked[0].Waiting != 1 {
+		t.Fatalf("ParkedKeys = %+v, %v; want key k of parks, one row waiting", parked, err)
+	}
+}
