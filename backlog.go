@@ -137,7 +137,7 @@ type backlogNeed struct {
 // limit; otherwise it adds the Set's rows to the figures. A Set of
 // unlimited types only pays a map lookup per record. tx says whether the
 // Set is a SetTx, for the hook.
-func (c *Client) backpressure(ctx context.Context, records []*Record, tx bool) error {
+func (c *Client) backpressure(ctx context.Context, records []*Record) error {
 	b := c.backlog
 	if b == nil {
 		return nil
@@ -161,7 +161,6 @@ func (c *Client) backpressure(ctx context.Context, records []*Record, tx bool) e
 	if len(need) == 0 {
 		return nil
 	}
-	started := time.Now()
 	b.refresh(ctx, c, backlogRefresh)
 	full := b.admit(need)
 	if full != nil && b.stale(backlogRecheck) {
@@ -175,9 +174,6 @@ func (c *Client) backpressure(ctx context.Context, records []*Record, tx bool) e
 	}
 	c.logger.Debug("inbox: set refused: backlog full", "event_type", full.EventType,
 		"backlog", full.Backlog, "limit", full.Limit, "records", len(records))
-	if c.hooks != nil {
-		c.hooks.set(c.logger, ctx, SetEvent{Records: len(records), Tx: tx, Duration: time.Since(started), Err: full})
-	}
 	return full
 }
 

@@ -106,20 +106,36 @@ func (c *Client) SetTx(ctx context.Context, tx pgx.Tx, records ...*Record) error
 // record: new, duplicate, conflicting or skipped. It needs no extra round
 // trip when every record is new, and one more when some existed.
 func (c *Client) SetWithResult(ctx context.Context, records ...*Record) (SetResult, error) {
+	started := time.Now()
+	res, err := c.set(ctx, nil, records)
+	c.reportSet(ctx, res, len(records), false, started, err)
+	return res, err
+}
+
+// set checks records and stores them, in tx if not nil.
+func (c *Client) set(ctx context.Context, tx pgx.Tx, records []*Record) (SetResult, error) {
+	where := ""
+	if tx != nil {
+		where = " in transaction"
+	}
 	p, err := c.plan(records)
 	if err != nil {
-		return SetResult{}, c.setError(len(records), "", err)
+		return SetResult{}, c.setError(len(records), where, err)
 	}
-	if err := c.backpressure(ctx, records, false); err != nil {
+	if err := c.backpressure(ctx, records); err != nil {
 		return SetResult{}, err
 	}
-	if c.hooks != nil {
-		started := time.Now()
-		res, err := c.setPlanned(ctx, p, records)
-		c.hooks.set(c.logger, ctx, SetEvent{Result: res, Records: len(records), Duration: time.Since(started), Err: err})
-		return res, err
+	if tx != nil {
+		return c.setTxPlanned(ctx, tx, p, records)
 	}
 	return c.setPlanned(ctx, p, records)
+}
+
+// reportSet passes a Set, stored or refused, to the OnSet hooks.
+func (c *Client) reportSet(ctx context.Context, res SetResult, records int, tx bool, started time.Time, err error) {
+	if c.hooks != nil {
+		c.hooks.set(c.logger, ctx, SetEvent{Result: res, Records: records, Tx: tx, Duration: time.Since(started), Err: err})
+	}
 }
 
 // setPlanned stores the rows of a checked Set.
@@ -142,23 +158,14 @@ func (c *Client) setPlanned(ctx context.Context, p *setPlan, records []*Record) 
 // SetTxWithResult is [Client.SetTx] with the result of
 // [Client.SetWithResult].
 func (c *Client) SetTxWithResult(ctx context.Context, tx pgx.Tx, records ...*Record) (SetResult, error) {
-	if tx == nil {
-		return SetResult{}, ErrNilTx
+	started := time.Now()
+	var res SetResult
+	err := ErrNilTx
+	if tx != nil {
+		res, err = c.set(ctx, tx, records)
 	}
-	p, err := c.plan(records)
-	if err != nil {
-		return SetResult{}, c.setError(len(records), " in transaction", err)
-	}
-	if err := c.backpressure(ctx, records, true); err != nil {
-		return SetResult{}, err
-	}
-	if c.hooks != nil {
-		started := time.Now()
-		res, err := c.setTxPlanned(ctx, tx, p, records)
-		c.hooks.set(c.logger, ctx, SetEvent{Result: res, Records: len(records), Tx: true, Duration: time.Since(started), Err: err})
-		return res, err
-	}
-	return c.setTxPlanned(ctx, tx, p, records)
+	c.reportSet(ctx, res, len(records), true, started, err)
+	return res, err
 }
 
 // setTxPlanned stores the rows of a checked SetTx.

@@ -21,9 +21,9 @@ import (
 // metric, end a span) and must not call the Inbox. A hook that panics is
 // recovered and the panic logged.
 type Hooks struct {
-	// OnSet is called after each Set, SetTx and their WithResult forms
-	// that got past checking its records (a call that failed on bad input
-	// is not reported), with the caller's context.
+	// OnSet is called after each Set, SetTx and their WithResult forms,
+	// with the caller's context: those that stored, and those refused
+	// (bad input, a full backlog) or failed, with their error.
 	OnSet func(ctx context.Context, e SetEvent)
 	// OnClaim is called after each claim statement.
 	OnClaim func(e ClaimEvent)

@@ -158,9 +158,13 @@ func TestHooksSeeEveryEvent(t *testing.T) {
 
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
-	if tl.sets != 2 || tl.setRecords != events+10 || tl.setNew != events || tl.setDup != 9 || tl.setConflicting != 1 || tl.setTx != 1 {
+	// The empty Set is reported too, with its error.
+	if tl.sets != 3 || tl.setRecords != events+10 || tl.setNew != events || tl.setDup != 9 || tl.setConflicting != 1 || tl.setTx != 1 {
 		t.Errorf("Set hooks: %d calls, %d records, %d new, %d duplicates, %d conflicting, %d in tx",
 			tl.sets, tl.setRecords, tl.setNew, tl.setDup, tl.setConflicting, tl.setTx)
+	}
+	if len(tl.hookErrs) != 1 || !errors.Is(tl.hookErrs[0], inbox.ErrNoRecords) {
+		t.Errorf("Set hooks' errors %v, want the empty Set's ErrNoRecords", tl.hookErrs)
 	}
 	want := map[string]int{
 		"ok/done": events, "flaky/failed": events, "flaky/done": events, "bad/failed": events, "bad/dead": events,

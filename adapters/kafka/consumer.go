@@ -47,9 +47,6 @@ type Consumer struct {
 	// beforeCommit, set by tests, runs between the Set and the offset
 	// commit of each attempt; an error ends the attempt there.
 	beforeCommit func() error
-	// onSet, set by tests, runs after each Set with the number of its
-	// records and its error.
-	onSet func(records int, err error)
 }
 
 // partition is a topic's partition.
@@ -309,9 +306,6 @@ func (c *Consumer) store(ctx context.Context, items []*item) ([]*item, error) {
 		recs[i] = it.rec
 	}
 	res, err := c.inbox.SetWithResult(ctx, recs...)
-	if c.onSet != nil {
-		c.onSet(len(recs), err)
-	}
 	if err == nil {
 		c.stats.stored.Add(int64(res.New))
 		c.stats.duplicates.Add(int64(res.Duplicates + res.Conflicting))

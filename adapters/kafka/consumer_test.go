@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -170,7 +169,8 @@ func TestRefusedRecordsDeadLettered(t *testing.T) {
 	const topic, dead, group, n = "refunds", "refunds-dead", "inbox", 40
 	seeds := cluster(t, 1, topic, dead)
 	pool := testenv.MigratedPool(t)
-	ib, runs := startInbox(t, pool, topic)
+	var sets testenv.SetCalls
+	ib, runs := startInboxWith(t, pool, []inbox.Option{sets.Option()}, topic)
 
 	unknown := []int{5, 17, 30}
 	ids := make(map[uuid.UUID]bool, n)
@@ -195,19 +195,6 @@ func TestRefusedRecordsDeadLettered(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	type setCall struct {
-		records int
-		err     error
-	}
-	var (
-		mu   sync.Mutex
-		sets []setCall
-	)
-	inboxkafka.SetOnSet(c, func(records int, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		sets = append(sets, setCall{records, err})
-	})
 	run(t, c)
 	adm := kadm.NewClient(kafkaClient(t, seeds))
 	ctx := context.Background()
@@ -219,12 +206,10 @@ func TestRefusedRecordsDeadLettered(t *testing.T) {
 	if got, err := stored(ctx, pool); err != nil || got != good {
 		t.Fatalf("stored %d events (%v), want %d", got, err, good)
 	}
-	mu.Lock()
-	calls := slices.Clone(sets)
-	mu.Unlock()
+	calls := sets.All()
 	var re *inbox.RecordsError
-	if len(calls) != 2 || calls[0].records != n || !errors.As(calls[0].err, &re) || !slices.Equal(re.Indexes, unknown) ||
-		calls[1].records != good || calls[1].err != nil {
+	if len(calls) != 2 || calls[0].Records != n || !errors.As(calls[0].Err, &re) || !slices.Equal(re.Indexes, unknown) ||
+		calls[1].Records != good || calls[1].Err != nil {
 		t.Fatalf("Sets %+v; want one of %d records refusing records %v, then one of the other %d", calls, n, unknown, good)
 	}
 	if s := c.Stats(); s.DeadLettered != int64(len(unknown)) || s.Stored != int64(good) || s.SetFailures != 0 {

@@ -133,12 +133,18 @@ func (r *runs) check(ids map[uuid.UUID]bool) (done bool, err error) {
 // event type, and returns its runs.
 func startInbox(t testing.TB, pool *pgxpool.Pool, eventTypes ...string) (*inbox.Inbox, *runs) {
 	t.Helper()
+	return startInboxWith(t, pool, nil, eventTypes...)
+}
+
+// startInboxWith is startInbox with more options for the inbox.
+func startInboxWith(t testing.TB, pool *pgxpool.Pool, opts []inbox.Option, eventTypes ...string) (*inbox.Inbox, *runs) {
+	t.Helper()
 	r := &runs{byID: make(map[uuid.UUID]int)}
 	reg := inbox.NewRegistry()
 	for _, et := range eventTypes {
 		reg.Handle(et, r.handler("count_"+et))
 	}
-	ib := testenv.Start(t, context.Background(), pool, reg, testenv.Fast(t, inbox.WithBatchSize(1000))...)
+	ib := testenv.Start(t, context.Background(), pool, reg, testenv.Fast(t, append([]inbox.Option{inbox.WithBatchSize(1000)}, opts...)...)...)
 	return ib, r
 }
 

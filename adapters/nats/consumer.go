@@ -30,10 +30,6 @@ type Consumer struct {
 	// termReasons: the server keeps TermWithReason's reason (2.10.4 and
 	// later); older servers ignore the whole ack, so plain Term is sent.
 	termReasons bool
-
-	// onSet, when set (by tests), runs after each Set with the number of
-	// its records and its error.
-	onSet func(records int, err error)
 }
 
 // Stats are a Consumer's counters since New.
@@ -275,9 +271,6 @@ func (c *Consumer) store(ctx context.Context, items []*item) error {
 		recs[i] = it.rec
 	}
 	err := c.client.Set(ctx, recs...)
-	if c.onSet != nil {
-		c.onSet(len(recs), err)
-	}
 	if err == nil {
 		c.stats.sets.Add(1)
 		c.ack(ctx, items)

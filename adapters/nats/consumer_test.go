@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -246,7 +245,8 @@ func TestPoisonTerminated(t *testing.T) {
 func TestRefusedRecordsTerminated(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t)...)
+	var sets testenv.SetCalls
+	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t, sets.Option())...)
 	const n = 40
 	unknown := []int{5, 17, 30}
 	var msgs []*nats.Msg
@@ -268,19 +268,6 @@ func TestRefusedRecordsTerminated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	type setCall struct {
-		records int
-		err     error
-	}
-	var (
-		mu   sync.Mutex
-		sets []setCall
-	)
-	inboxnats.SetOnSet(c, func(records int, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		sets = append(sets, setCall{records, err})
-	})
 	e.run(c)
 
 	testenv.Eventually(t, time.Minute, "every good event handled", func() (bool, error) {
@@ -290,12 +277,10 @@ func TestRefusedRecordsTerminated(t *testing.T) {
 	if bad, distinct := e.runs.check(payloads); bad != "" || distinct != len(payloads) {
 		t.Fatalf("%s; %d distinct events handled, want %d", bad, distinct, len(payloads))
 	}
-	mu.Lock()
-	calls := slices.Clone(sets)
-	mu.Unlock()
+	calls := sets.All()
 	var re *inbox.RecordsError
-	if len(calls) != 2 || calls[0].records != n || !errors.As(calls[0].err, &re) || !slices.Equal(re.Indexes, unknown) ||
-		calls[1].records != len(payloads) || calls[1].err != nil {
+	if len(calls) != 2 || calls[0].Records != n || !errors.As(calls[0].Err, &re) || !slices.Equal(re.Indexes, unknown) ||
+		calls[1].Records != len(payloads) || calls[1].Err != nil {
 		t.Fatalf("Sets %+v; want one of %d records refusing records %v, then one of the other %d", calls, n, unknown, len(payloads))
 	}
 	if s := c.Stats(); s.Terminated != int64(len(unknown)) || s.Acked != int64(len(payloads)) || s.SetFailures != 0 {

@@ -40,10 +40,6 @@ type Consumer struct {
 	running atomic.Bool
 
 	batches, acked, poison, setFailures, connections atomic.Int64
-
-	// onSet, when set (by tests), runs after each Set with the number of
-	// its records and its error.
-	onSet func(records int, err error)
 }
 
 // Stats counts what a Consumer did since it was created.
@@ -284,9 +280,6 @@ func (c *Consumer) handle(ctx context.Context, ch *amqp.Channel, closed <-chan *
 // set stores recs with one Set.
 func (c *Consumer) set(ctx context.Context, recs []*inbox.Record) error {
 	err := c.client.Set(ctx, recs...)
-	if c.onSet != nil {
-		c.onSet(len(recs), err)
-	}
 	return err
 }
 

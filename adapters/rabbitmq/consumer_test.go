@@ -152,7 +152,8 @@ func TestRefusedRecordsDeadLettered(t *testing.T) {
 	r := newRig(t)
 	pool := testenv.MigratedPool(t)
 	reg, _ := registry()
-	ib := testenv.Start(t, context.Background(), pool, reg, testenv.Fast(t)...) // RejectUnknown
+	var sets testenv.SetCalls
+	ib := testenv.Start(t, context.Background(), pool, reg, testenv.Fast(t, sets.Option())...) // RejectUnknown
 
 	const n = 40
 	unknown := []int{5, 17, 30}
@@ -169,19 +170,6 @@ func TestRefusedRecordsDeadLettered(t *testing.T) {
 	var logs testenv.LogLines
 	c := newConsumer(t, r, inboxrabbitmq.DialURL(amqpURL), ib.Client(),
 		inboxrabbitmq.Options{BatchSize: n, BatchWait: 10 * time.Second, Logger: logs.Logger()})
-	type setCall struct {
-		records int
-		err     error
-	}
-	var (
-		mu   sync.Mutex
-		sets []setCall
-	)
-	inboxrabbitmq.SetOnSet(c, func(records int, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		sets = append(sets, setCall{records, err})
-	})
 	run(t, c)
 	good := int64(n - len(unknown))
 	waitStats(t, c, time.Minute, "the batch stored and its refused records dead-lettered", func(s inboxrabbitmq.Stats) bool {
@@ -190,12 +178,10 @@ func TestRefusedRecordsDeadLettered(t *testing.T) {
 	if got := rows(t, pool); got != int(good) {
 		t.Fatalf("%d rows stored, want %d", got, good)
 	}
-	mu.Lock()
-	calls := slices.Clone(sets)
-	mu.Unlock()
+	calls := sets.All()
 	var re *inbox.RecordsError
-	if len(calls) != 2 || calls[0].records != n || !errors.As(calls[0].err, &re) || !slices.Equal(re.Indexes, unknown) ||
-		calls[1].records != int(good) || calls[1].err != nil {
+	if len(calls) != 2 || calls[0].Records != n || !errors.As(calls[0].Err, &re) || !slices.Equal(re.Indexes, unknown) ||
+		calls[1].Records != int(good) || calls[1].Err != nil {
 		t.Fatalf("Sets %+v; want one of %d records refusing records %v, then one of the other %d", calls, n, unknown, good)
 	}
 	if got := logs.Count("poison message dead-lettered", "no handler registered for event type"); got != len(unknown) {

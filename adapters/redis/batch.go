@@ -189,16 +189,10 @@ func (c *Consumer) store(ctx context.Context, es []*entry) (stored, poison []*en
 		recs[i] = e.rec
 	}
 	res, err := c.client.SetWithResult(ctx, recs...)
-	if c.onSet != nil {
-		c.onSet(len(recs), err)
-	}
 	if err == nil {
 		c.stats.stored.Add(int64(res.New))
 		c.stats.duplicates.Add(int64(res.Duplicates + res.Conflicting))
 		c.stats.skipped.Add(int64(res.Skipped))
-		if c.afterSet != nil {
-			c.afterSet()
-		}
 		return es, nil, nil
 	}
 	var rest []*entry

@@ -30,13 +30,6 @@ type Consumer struct {
 
 	running atomic.Bool
 	stats   stats
-
-	// afterSet, when set (by tests), runs after each Set that returned
-	// nil and before the entries are acknowledged.
-	afterSet func()
-	// onSet, when set (by tests), runs after each Set with the number of
-	// its records and its error.
-	onSet func(records int, err error)
 }
 
 // Stats counts what a [Consumer] did since it was created.

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -236,7 +234,8 @@ func TestDeadLetters(t *testing.T) {
 	rdb, prefix := newRedis(t)
 	_, pool := database(t)
 	r := newRuns()
-	ib := testenv.Start(t, context.Background(), pool, registry(r, "order"), testenv.Fast(t)...) // RejectUnknown
+	var sets testenv.SetCalls
+	ib := testenv.Start(t, context.Background(), pool, registry(r, "order"), testenv.Fast(t, sets.Option())...) // RejectUnknown
 	stream, group := prefix+"events", prefix+"g"
 
 	good := func(i int) map[string]any {
@@ -276,19 +275,6 @@ func TestDeadLetters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	type setCall struct {
-		records int
-		err     error
-	}
-	var (
-		mu   sync.Mutex
-		sets []setCall
-	)
-	inboxredis.SetOnSet(c, func(records int, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		sets = append(sets, setCall{records, err})
-	})
 	run(t, c)
 	testenv.Eventually(t, 30*time.Second, "every good event handled, nothing pending", func() (bool, error) {
 		cs, err := ib.Counts(context.Background())
@@ -298,20 +284,18 @@ func TestDeadLetters(t *testing.T) {
 		p, err := pending(rdb, stream, group)
 		return p == 0, err
 	})
-	mu.Lock()
-	calls := slices.Clone(sets)
-	mu.Unlock()
+	calls := sets.All()
 	refused := 0
 	for i, call := range calls {
-		if call.err == nil {
+		if call.Err == nil {
 			continue
 		}
 		refused++
 		var re *inbox.RecordsError
-		if !errors.As(call.err, &re) || len(re.Indexes) != 2 || i+1 == len(calls) ||
-			calls[i+1].err != nil || calls[i+1].records != call.records-2 {
+		if !errors.As(call.Err, &re) || len(re.Indexes) != 2 || i+1 == len(calls) ||
+			calls[i+1].Err != nil || calls[i+1].Records != call.Records-2 {
 			t.Fatalf("Set %d of %d records failed with %v; want a RecordsError naming 2, then a Set of the other %d: %+v",
-				i, call.records, call.err, call.records-2, calls)
+				i, call.Records, call.Err, call.Records-2, calls)
 		}
 	}
 	if refused != 1 {

@@ -222,7 +222,20 @@ func TestDatabaseStopped(t *testing.T) {
 	t.Parallel()
 	cluster, pool := testenv.StoppableDatabase(t, 4)
 	rdb, prefix := newRedis(t)
-	ib, err := inbox.New(pool, registry(newRuns(), "order")) // stores only: not started
+	// The third Set waits, committed and not acknowledged, until
+	// PostgreSQL is down: the stop falls in the middle of the stream.
+	third, down := make(chan struct{}), make(chan struct{})
+	sets := 0
+	ib, err := inbox.New(pool, registry(newRuns(), "order"), inbox.WithHooks(inbox.Hooks{ // stores only: not started
+		OnSet: func(_ context.Context, e inbox.SetEvent) {
+			if e.Err != nil {
+				return
+			}
+			if sets++; sets == 3 { // Set hooks of one consumer do not overlap
+				close(third)
+				<-down
+			}
+		}}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,16 +253,6 @@ func TestDatabaseStopped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The third Set waits, committed and not acknowledged, until
-	// PostgreSQL is down: the stop falls in the middle of the stream.
-	third, down := make(chan struct{}), make(chan struct{})
-	sets := 0
-	inboxredis.SetAfterSet(c, func() {
-		if sets++; sets == 3 {
-			close(third)
-			<-down
-		}
-	})
 	run(t, c)
 	var once sync.Once
 	release := func() { once.Do(func() { close(down) }) }

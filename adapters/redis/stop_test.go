@@ -23,7 +23,15 @@ func TestStopFinishesBatchInHand(t *testing.T) {
 	t.Parallel()
 	rdb, prefix := newRedis(t)
 	_, pool := database(t)
-	ib, err := inbox.New(pool, registry(newRuns(), "order"))
+	ctx, cancel := context.WithCancel(context.Background())
+	var sets atomic.Int32
+	ib, err := inbox.New(pool, registry(newRuns(), "order"), inbox.WithHooks(inbox.Hooks{
+		OnSet: func(_ context.Context, e inbox.SetEvent) { // after the commit, before the acknowledgement
+			if e.Err == nil {
+				sets.Add(1)
+				cancel()
+			}
+		}}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,12 +45,6 @@ func TestStopFinishesBatchInHand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var sets atomic.Int32
-	inboxredis.SetAfterSet(c, func() {
-		sets.Add(1)
-		cancel()
-	})
 	if err := c.Run(ctx); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
