@@ -19,9 +19,7 @@
 package main
 
 import (
-	"cmp"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -29,24 +27,14 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/pginbox/inbox"
 	inboxkafka "github.com/pginbox/inbox/adapters/kafka"
+	"github.com/pginbox/inbox/examples/internal/orders"
 )
-
-// Order is the payload of an order_created event.
-type Order struct {
-	ID  uuid.UUID `json:"id"`
-	SKU string    `json:"sku"`
-	Qty int       `json:"qty"`
-}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -60,57 +48,19 @@ func main() {
 // run runs the example until ctx ends, then stops gracefully.
 func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("kafka", flag.ContinueOnError)
-	dbURL := fs.String("database", cmp.Or(os.Getenv("DATABASE_URL"),
-		"postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"), "PostgreSQL URL (env DATABASE_URL)")
-	schema := fs.String("schema", "example_kafka", "PostgreSQL schema for the inbox tables, created if missing")
+	var f orders.Flags
+	f.Register(fs, "kafka")
 	seedList := fs.String("seeds", "", "Kafka brokers, comma-separated; empty starts an in-process kfake cluster")
 	topic := fs.String("topic", "example_orders", "Kafka topic to produce to and consume")
-	every := fs.Duration("every", time.Second, "pause between published events")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 
-	// The pool's search_path puts every inbox table into the schema.
-	cfg, err := pgxpool.ParseConfig(*dbURL)
-	if err != nil {
-		return err
-	}
-	cfg.ConnConfig.RuntimeParams["search_path"] = *schema
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, ib, err := orders.Open(ctx, f, stdout)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if _, err := pool.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+pgx.Identifier{*schema}.Sanitize()+`;
-		CREATE TABLE IF NOT EXISTS `+pgx.Identifier{*schema, "orders"}.Sanitize()+
-		` (id uuid PRIMARY KEY, sku text NOT NULL, qty int NOT NULL, saved_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-		return err
-	}
-	if err := inbox.Migrate(ctx, pool); err != nil {
-		return err
-	}
-
-	reg := inbox.NewRegistry()
-	reg.On("order_created",
-		inbox.HandlerFunc("send_email", func(ctx context.Context, payload []byte) error {
-			fmt.Fprintf(stdout, "send_email: order %s\n", payload)
-			return nil
-		}),
-		inbox.TxHandlerFunc("save_order", func(ctx context.Context, tx pgx.Tx, payload []byte) error {
-			var o Order
-			if err := json.Unmarshal(payload, &o); err != nil {
-				return inbox.Discard(err)
-			}
-			_, err := tx.Exec(ctx, `INSERT INTO orders (id, sku, qty) VALUES ($1, $2, $3)`, o.ID, o.SKU, o.Qty)
-			if err == nil {
-				fmt.Fprintf(stdout, "save_order: order %s saved\n", o.ID)
-			}
-			return err
-		}))
-	ib, err := inbox.New(pool, reg, inbox.WithoutMigrations(), inbox.WithIterationRate(time.Second))
-	if err != nil {
-		return err
-	}
 
 	var seeds []string
 	if *seedList != "" {
@@ -130,7 +80,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	defer producer.Close()
 	consumer, err := inboxkafka.New(ib.Client(), inboxkafka.Options{
 		Seeds: seeds, Group: "example", Topics: []string{*topic},
-		EventTypes: map[string]string{*topic: "order_created"},
+		EventTypes: map[string]string{*topic: orders.EventType},
 		IDHeader:   "event-id", DeadLetterTopic: *topic + ".dead",
 	})
 	if err != nil {
@@ -140,55 +90,16 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := ib.Start(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "inbox started in schema %s; consuming topic %s at %s\n", *schema, *topic, strings.Join(seeds, ","))
+	fmt.Fprintf(stdout, "inbox started in schema %s; consuming topic %s at %s\n", f.Schema, *topic, strings.Join(seeds, ","))
 	consumerDone := make(chan error, 1)
 	go func() { consumerDone <- consumer.Run(ctx) }()
 
-	produce(ctx, producer, *topic, *every, stdout) // until ctx ends (Ctrl-C)
-	fmt.Fprintln(stdout, "stopping: producer stopped")
-	cerr := <-consumerDone
-	s := consumer.Stats()
-	fmt.Fprintf(stdout, "stopping: consumer stopped (stored %d, duplicates %d, committed %d)\n",
-		s.Stored, s.Duplicates, s.Committed)
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	err = ib.Stop(stopCtx)
-	fmt.Fprintln(stdout, "stopping: inbox stopped")
-	if cerr != nil {
-		return cerr
-	}
-	return err
-}
-
-// produce writes an order_created record to topic every tick until ctx
-// ends; every third one repeats the previous event id and payload.
-func produce(ctx context.Context, cl *kgo.Client, topic string, every time.Duration, stdout io.Writer) {
-	ticker := time.NewTicker(every)
-	defer ticker.Stop()
-	var last *kgo.Record
-	for n := 1; ; n++ {
-		rec, what := last, "again (a duplicate)"
-		if n%3 != 0 || last == nil {
-			o := Order{ID: uuid.New(), SKU: fmt.Sprintf("sku-%d", n%5), Qty: n%4 + 1}
-			payload, _ := json.Marshal(o)
-			rec, what = &kgo.Record{Topic: topic, Value: payload,
-				Headers: []kgo.RecordHeader{{Key: "event-id", Value: []byte(o.ID.String())}}}, ""
-			last = rec
-		}
-		// A fresh record each time: the client owns a record once produced.
-		r := &kgo.Record{Topic: rec.Topic, Value: rec.Value, Headers: rec.Headers}
-		if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			fmt.Fprintf(stdout, "publish: %v\n", err)
-		} else {
-			fmt.Fprintf(stdout, "published event %s %s\n", rec.Headers[0].Value, what)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
-		}
-	}
+	orders.Produce(ctx, f.Every, stdout, func(ctx context.Context, id uuid.UUID, payload []byte) error { // until Ctrl-C
+		return producer.ProduceSync(ctx, &kgo.Record{Topic: *topic, Value: payload,
+			Headers: []kgo.RecordHeader{{Key: "event-id", Value: []byte(id.String())}}}).FirstErr()
+	})
+	return orders.Stop(ctx, ib, consumerDone, func() string {
+		s := consumer.Stats()
+		return fmt.Sprintf("stored %d, duplicates %d, committed %d", s.Stored, s.Duplicates, s.Committed)
+	}, stdout)
 }

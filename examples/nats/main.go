@@ -19,33 +19,21 @@
 package main
 
 import (
-	"cmp"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/pginbox/inbox"
 	inboxnats "github.com/pginbox/inbox/adapters/nats"
+	"github.com/pginbox/inbox/examples/internal/orders"
 )
-
-// Order is the payload of an order_created event.
-type Order struct {
-	ID  uuid.UUID `json:"id"`
-	SKU string    `json:"sku"`
-	Qty int       `json:"qty"`
-}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -59,58 +47,20 @@ func main() {
 // run runs the example until ctx ends, then stops gracefully.
 func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("nats", flag.ContinueOnError)
-	dbURL := fs.String("database", cmp.Or(os.Getenv("DATABASE_URL"),
-		"postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"), "PostgreSQL URL (env DATABASE_URL)")
-	schema := fs.String("schema", "example_nats", "PostgreSQL schema for the inbox tables, created if missing")
+	var f orders.Flags
+	f.Register(fs, "nats")
 	addr := fs.String("nats", nats.DefaultURL, "NATS server URL")
 	stream := fs.String("stream", "EXAMPLE_ORDERS", "JetStream stream, created if missing")
 	subject := fs.String("subject", "example.orders.created", "subject of the stream to publish to")
-	every := fs.Duration("every", time.Second, "pause between published events")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 
-	// The pool's search_path puts every inbox table into the schema.
-	cfg, err := pgxpool.ParseConfig(*dbURL)
-	if err != nil {
-		return err
-	}
-	cfg.ConnConfig.RuntimeParams["search_path"] = *schema
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, ib, err := orders.Open(ctx, f, stdout)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if _, err := pool.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+pgx.Identifier{*schema}.Sanitize()+`;
-		CREATE TABLE IF NOT EXISTS `+pgx.Identifier{*schema, "orders"}.Sanitize()+
-		` (id uuid PRIMARY KEY, sku text NOT NULL, qty int NOT NULL, saved_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-		return err
-	}
-	if err := inbox.Migrate(ctx, pool); err != nil {
-		return err
-	}
-
-	reg := inbox.NewRegistry()
-	reg.On("order_created",
-		inbox.HandlerFunc("send_email", func(ctx context.Context, payload []byte) error {
-			fmt.Fprintf(stdout, "send_email: order %s\n", payload)
-			return nil
-		}),
-		inbox.TxHandlerFunc("save_order", func(ctx context.Context, tx pgx.Tx, payload []byte) error {
-			var o Order
-			if err := json.Unmarshal(payload, &o); err != nil {
-				return inbox.Discard(err)
-			}
-			_, err := tx.Exec(ctx, `INSERT INTO orders (id, sku, qty) VALUES ($1, $2, $3)`, o.ID, o.SKU, o.Qty)
-			if err == nil {
-				fmt.Fprintf(stdout, "save_order: order %s saved\n", o.ID)
-			}
-			return err
-		}))
-	ib, err := inbox.New(pool, reg, inbox.WithoutMigrations(), inbox.WithIterationRate(time.Second))
-	if err != nil {
-		return err
-	}
 
 	nc, err := nats.Connect(*addr)
 	if err != nil {
@@ -126,7 +76,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	consumer, err := inboxnats.New(ctx, js, ib.Client(), inboxnats.Options{
 		Stream: *stream, Durable: "example",
-		Types:    map[string]string{*subject: "order_created"},
+		Types:    map[string]string{*subject: orders.EventType},
 		IDHeader: "Event-Id",
 	})
 	if err != nil {
@@ -135,52 +85,16 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := ib.Start(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "inbox started in schema %s; consuming stream %s at %s\n", *schema, *stream, *addr)
+	fmt.Fprintf(stdout, "inbox started in schema %s; consuming stream %s at %s\n", f.Schema, *stream, *addr)
 	consumerDone := make(chan error, 1)
 	go func() { consumerDone <- consumer.Run(ctx) }()
 
-	produce(ctx, js, *subject, *every, stdout) // until ctx ends (Ctrl-C)
-	fmt.Fprintln(stdout, "stopping: producer stopped")
-	cerr := <-consumerDone
-	s := consumer.Stats()
-	fmt.Fprintf(stdout, "stopping: consumer stopped (fetched %d, acked %d, terminated %d)\n",
-		s.Fetched, s.Acked, s.Terminated)
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	err = ib.Stop(stopCtx)
-	fmt.Fprintln(stdout, "stopping: inbox stopped")
-	if cerr != nil {
-		return cerr
-	}
-	return err
-}
-
-// produce publishes an order_created message to subject every tick until
-// ctx ends; every third one repeats the previous event id and payload.
-func produce(ctx context.Context, js jetstream.JetStream, subject string, every time.Duration, stdout io.Writer) {
-	ticker := time.NewTicker(every)
-	defer ticker.Stop()
-	var last *nats.Msg
-	for n := 1; ; n++ {
-		msg, what := last, "again (a duplicate)"
-		if n%3 != 0 || last == nil {
-			o := Order{ID: uuid.New(), SKU: fmt.Sprintf("sku-%d", n%5), Qty: n%4 + 1}
-			payload, _ := json.Marshal(o)
-			msg, what = &nats.Msg{Subject: subject, Header: nats.Header{"Event-Id": {o.ID.String()}}, Data: payload}, ""
-			last = msg
-		}
-		if _, err := js.PublishMsg(ctx, msg); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			fmt.Fprintf(stdout, "publish: %v\n", err)
-		} else {
-			fmt.Fprintf(stdout, "published event %s %s\n", msg.Header.Get("Event-Id"), what)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
-		}
-	}
+	orders.Produce(ctx, f.Every, stdout, func(ctx context.Context, id uuid.UUID, payload []byte) error { // until Ctrl-C
+		_, err := js.PublishMsg(ctx, &nats.Msg{Subject: *subject, Header: nats.Header{"Event-Id": {id.String()}}, Data: payload})
+		return err
+	})
+	return orders.Stop(ctx, ib, consumerDone, func() string {
+		s := consumer.Stats()
+		return fmt.Sprintf("fetched %d, acked %d, terminated %d", s.Fetched, s.Acked, s.Terminated)
+	}, stdout)
 }
