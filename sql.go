@@ -155,7 +155,7 @@ var claimLimitedSQL = claimWith(true, true)
 func claimWith(capped, limited bool) string {
 	from, picked := "due", ""
 	if capped {
-		room, within := "", ""
+		room, within, byKey := "", "", ""
 		if limited {
 			room = `, room AS MATERIALIZED (
     SELECT l.k, greatest(l.n - (SELECT count(*) FROM inbox_records r
@@ -164,11 +164,12 @@ func claimWith(capped, limited bool) string {
 )`
 			within = `
       AND d.nth_key <= coalesce((SELECT n FROM room WHERE room.k = d.handler_key), d.nth_key)`
+			byKey = `,
+               row_number() OVER (PARTITION BY handler_key ORDER BY due_at) AS nth_key`
 		}
 		from, picked = "picked", room+`, picked AS MATERIALIZED (
     SELECT d.* FROM (
-        SELECT due.*, row_number() OVER (PARTITION BY event_type, handler_key ORDER BY due_at) AS nth,
-               row_number() OVER (PARTITION BY handler_key ORDER BY due_at) AS nth_key
+        SELECT due.*, row_number() OVER (PARTITION BY event_type, handler_key ORDER BY due_at) AS nth` + byKey + `
         FROM due
     ) d
     JOIN unnest($1::text[], $2::text[], $9::int[]) AS p(event_type, handler_key, cap)

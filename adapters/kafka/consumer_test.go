@@ -49,7 +49,7 @@ func TestDuplicatesStoredOnce(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	r := run(t, c)
+	stop := run(t, c)
 	adm := kadm.NewClient(kafkaClient(t, seeds))
 	ctx := context.Background()
 	testenv.Eventually(t, within, "offsets committed to the end", func() (bool, error) {
@@ -59,7 +59,7 @@ func TestDuplicatesStoredOnce(t *testing.T) {
 	if got, err := stored(ctx, pool); err != nil || got != n {
 		t.Fatalf("stored %d events (%v), want %d", got, err, n)
 	}
-	r.stop(t)
+	stop()
 	s := c.Stats()
 	if s.Stored != n || s.Duplicates < n/10 || s.DeadLettered != 0 || s.Committed < int64(len(recs)) {
 		t.Errorf("stats %+v: want %d stored, at least %d duplicates and %d committed, none dead-lettered", s, n, n/10, len(recs))

@@ -225,13 +225,13 @@ func TestKilledRepeatedly(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	r := run(t, c)
+	stop := run(t, c)
 	testenv.Eventually(t, within, "every offset committed", func() (bool, error) {
 		n, err := count()
 		return n == 0, err
 	})
 	storedOnce(t, pool, ids)
-	r.stop(t)
+	stop()
 	if n, err := count(); err != nil || n != 0 {
 		t.Fatalf("%d messages unacked (%v) at the end, want 0", n, err)
 	}

@@ -210,37 +210,9 @@ func fastGroup() []kgo.Opt {
 	}
 }
 
-// running is a consumer's Run in a goroutine.
-type running struct {
-	c      *inboxkafka.Consumer
-	cancel context.CancelFunc
-	done   chan error
-}
-
-// run starts c.Run; stop ends it, as does the end of t.
-func run(t testing.TB, c *inboxkafka.Consumer) *running {
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{c: c, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- c.Run(ctx) }()
-	t.Cleanup(func() { r.stop(t) })
-	return r
-}
-
-// stop cancels Run and waits for it to return; it fails t on an error.
-func (r *running) stop(t testing.TB) {
-	t.Helper()
-	r.cancel()
-	select {
-	case err, ok := <-r.done:
-		if ok && err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		if ok {
-			close(r.done)
-		}
-	case <-time.After(within):
-		t.Errorf("Run did not return within %v of its context ending", within)
-	}
+// run runs c until the returned stop, or the end of t.
+func run(t testing.TB, c *inboxkafka.Consumer) (stop func()) {
+	return testenv.Background(t, c.Run)
 }
 
 // proxy is a TCP proxy to PostgreSQL that can be cut off: while down it

@@ -177,20 +177,7 @@ func (e *env) consumer(client *inbox.Client, o inboxnats.Options) *inboxnats.Con
 
 // run runs c until t ends; the cleanup waits for Run to return.
 func (e *env) run(c *inboxnats.Consumer) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	e.t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				e.t.Errorf("Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			e.t.Error("Run did not return 30s after its context ended")
-		}
-	})
+	testenv.Background(e.t, c.Run)
 }
 
 // writer returns a client of an inbox on pool with the test's registry,

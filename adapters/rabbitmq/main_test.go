@@ -224,25 +224,7 @@ func registry() (*inbox.Registry, *runs) {
 // run runs c until the test ends (or the returned stop is called, which
 // waits for Run to return).
 func run(t testing.TB, c *inboxrabbitmq.Consumer) (stop func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Errorf("Run did not return within 30s of its context ending")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
+	return testenv.Background(t, c.Run)
 }
 
 // rows returns the number of rows in the inbox of pool.

@@ -139,26 +139,7 @@ func database(t testing.TB) (string, *pgxpool.Pool) {
 
 // run runs c until t ends, and checks that Run returns nil then.
 func run(t testing.TB, c *inboxredis.Consumer) (stop func()) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Errorf("Run did not return within 30s of its context's end")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
+	return testenv.Background(t, c.Run)
 }
 
 // add XADDs the entries to stream, 1,000 to a pipeline.
