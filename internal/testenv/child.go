@@ -60,7 +60,7 @@ func ChildSpec(env string, spec any) (bool, error) {
 func (c *Child) WaitLine(t testing.TB, within time.Duration, line string) {
 	t.Helper()
 	err := Poll(within, func() (bool, error) {
-		if c.HasLine(line) {
+		if c.hasLine(line) {
 			return true, nil
 		}
 		select {
@@ -75,8 +75,8 @@ func (c *Child) WaitLine(t testing.TB, within time.Duration, line string) {
 	}
 }
 
-// HasLine reports whether the child has printed line.
-func (c *Child) HasLine(line string) bool {
+// hasLine reports whether the child has printed line.
+func (c *Child) hasLine(line string) bool {
 	for _, l := range strings.Split(c.out.String(), "\n") {
 		if l == line {
 			return true
