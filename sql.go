@@ -169,7 +169,7 @@ func claimWith(capped, limited bool) string {
 		}
 		from, picked = "picked", room+`, picked AS MATERIALIZED (
     SELECT d.* FROM (
-        SELECT due.*, row_number() OVER (PARTITION BY event_type, handler_key ORDER BY due_at) AS nth` + byKey + `
+        SELECT due.*, row_number() OVER (PARTITION BY event_type, handler_key ORDER BY due_at) AS nth`+byKey+`
         FROM due
     ) d
     JOIN unnest($1::text[], $2::text[], $9::int[]) AS p(event_type, handler_key, cap)
