@@ -1,6 +1,7 @@
 package inbox
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -168,7 +169,7 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 	var died []DeadRecord
 	var diedClaims []int
 	sql, args := claimSQL, []any{plan.types, plan.keys, plan.n, claimBudget.Load(), pgUUID(w.id),
-		w.cfg.lease.Milliseconds(), lostAttemptText, w.deadBy}
+		w.cfg.lease.Milliseconds(), lostAttemptText, w.deadBy, plan.follow, plan.followers}
 	var before []stmt
 	switch {
 	case plan.limitKeys != nil:
@@ -234,6 +235,7 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	linkChains(jobs)
 	endsBy := time.Now().Add(w.cfg.lease) // the database counted from before now
 	for _, j := range jobs {
 		j.leaseEndsBy = endsBy
@@ -251,4 +253,31 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 		}
 	}
 	return locked, nil
+}
+
+// linkChains links the rows a claim took of each ordering key in their
+// key's order: the first of a key is its key's first unfinished row and
+// runs; each of the others follows the one before it.
+func linkChains(jobs []*job) {
+	type orderKey struct{ key, order string }
+	var keys map[orderKey][]*job
+	for _, j := range jobs {
+		if j.order == "" {
+			continue
+		}
+		if keys == nil {
+			keys = make(map[orderKey][]*job)
+		}
+		k := orderKey{j.key, j.order}
+		keys[k] = append(keys[k], j)
+	}
+	for _, rows := range keys {
+		if len(rows) < 2 {
+			continue
+		}
+		slices.SortFunc(rows, func(a, b *job) int { return cmp.Compare(a.seq, b.seq) })
+		for i, j := range rows[1:] {
+			rows[i].next, j.follows = j, true
+		}
+	}
 }

@@ -18,14 +18,24 @@ type rowID struct {
 // jobState is where a held row is between its claim and its result's write.
 //
 //	claim ──▶ queued ──▶ running ──▶ returned ──▶ writing ──▶ (gone)
-//	             │          │           │
-//	             │          └─▶ lost ───┴──────────────────▶ (gone)
-//	             └─ Stop: handed back (returned, unstarted) ─▶ writing
+//	  │          │          │           │
+//	  │          │          └─▶ lost ───┴──────────────────▶ (gone)
+//	  │          └─ Stop: handed back (returned, unstarted) ─▶ writing
+//	  └─▶ blocked ──the row before is done──▶ queued
+//	         └──it is not: handed back, waiting (returned) ──▶ writing
 //
-// A lease lost while queued drops the row at once; while running it
-// cancels the handler and the row goes when the handler returns; while
-// returned it drops the unwritten result. A row being written is left to
-// its write: the write's guard decides.
+// A lease lost while queued or blocked drops the row at once; while
+// running it cancels the handler and the row goes when the handler
+// returns; while returned it drops the unwritten result. A row being
+// written is left to its write: the write's guard decides.
+//
+// A claim may lease, behind the first row of an ordering key it claims,
+// the rows of that key that follow it (a chain, linked by next): each
+// waits blocked until the row before it is done, its result written (or
+// committed by a TxHandler), so that even after a crash no row of a key
+// runs before the one before it has finished. A row before that leaves
+// any other way (failed, dead, lost, handed back) hands the rest of the
+// chain back unstarted, to wait again in the key's order.
 type jobState uint8
 
 const (
@@ -42,6 +52,9 @@ const (
 	// lost: the lease was lost while the handler ran; its context is
 	// cancelled and its result will not be written.
 	lost
+	// blocked: claimed behind the row before it in its ordering key's
+	// order, waiting for that row to be done.
+	blocked
 )
 
 // resultKind is what a finished attempt asks to write.
@@ -61,6 +74,10 @@ const (
 	// resReleased: never started; hand the row back, the attempt not
 	// counted.
 	resReleased
+	// resWaiting: never started, blocked behind a row of its ordering key
+	// that is not done; hand it back to wait in its key's order, the
+	// attempt not counted.
+	resWaiting
 )
 
 // result is the outcome of one attempt.
@@ -74,6 +91,9 @@ type result struct {
 	// etype names the type of err's root cause, as stored (errorType).
 	etype string
 	after time.Duration // resRetryAfter
+	// behind is the seq of the row a resWaiting row was blocked behind
+	// (directly or not): the first of the chain that is not done.
+	behind int64
 }
 
 // job is a held row. The owner goroutine alone reads and writes its
@@ -90,6 +110,16 @@ type job struct {
 	trace       string // the stored trace context, "" for none
 	order       string // the row's ordering key, "" for none
 	seq         int64  // the row's place in its key's order
+	// next is the row of its chain claimed behind it (blocked), if any.
+	// nextAtStart and nextAtWrite say whether it had one when a runner
+	// took it (for a TxHandler's commit: read by the runner) and when its
+	// result went to the writer: a done row then makes nothing due, the
+	// next row is this worker's. (Should that row be lost meanwhile, it is
+	// due once its lease ends, or handed back with a promotion: see
+	// breakChain.)
+	next                     *job
+	nextAtStart, nextAtWrite bool
+	follows                  bool // claimed behind the row before it: blocked until that is done
 	// ctid is where the row was at its claim or latest renewal: the
 	// writer reaches it there without an index lookup.
 	ctid pgtype.TID
@@ -130,6 +160,8 @@ type held struct {
 	capacity    int
 	grace       time.Duration
 	routes      []*route
+	stopping    bool // release was called: rows whose turn comes are handed back
+	blockedN    int  // blocked jobs
 }
 
 func newHeld(routes []*route, concurrency, capacity int, grace time.Duration) *held {
@@ -156,7 +188,15 @@ type claimPlan struct {
 	// each once, and limits their limits; nil for none.
 	limitKeys []string
 	limits    []int32
+	// follow is how many rows of an ordering key the claim may lease
+	// behind each first row of a key it claims, followers how many in all.
+	follow, followers int
 }
+
+// chainLength is how many rows of an ordering key a claim leases behind
+// the key's first row, to run one after the other: the next row of a key
+// then needs neither a write to make it due nor a claim of its own.
+const chainLength = 4
 
 // plan returns the next claim's size and the routes it may take rows of,
 // each with a cap, or false when there is no room: fewer than minClaim
@@ -171,11 +211,13 @@ func (h *held) plan(batch, minClaim int) (claimPlan, bool) {
 	for _, n := range h.queuedOrRun {
 		active += n
 	}
-	free := min(h.capacity-active, 2*h.capacity-len(h.jobs)-len(h.detached))
+	free := min(h.capacity-active, 2*h.capacity-(len(h.jobs)-h.blockedN)-len(h.detached))
 	if free < minClaim {
 		return claimPlan{}, false
 	}
 	p := claimPlan{n: min(batch, free)}
+	// Blocked rows take no slot, and have room of their own.
+	p.followers = max(0, min(p.n*chainLength, chainLength*h.capacity-h.blockedN))
 	for i, r := range h.routes {
 		c := p.n
 		if r.concurrency > 0 {
@@ -189,6 +231,9 @@ func (h *held) plan(batch, minClaim int) (claimPlan, bool) {
 		if r.globalLimit > 0 {
 			p.limit(r.key, r.globalLimit)
 		}
+	}
+	if p.followers > 0 {
+		p.follow = chainLength
 	}
 	return p, len(p.types) > 0
 }
@@ -204,18 +249,18 @@ func (p *claimPlan) limit(key string, n int) {
 	p.limitKeys, p.limits = append(p.limitKeys, key), append(p.limits, int32(n))
 }
 
-// add holds claimed rows as queued. A job of an earlier claim of the same
-// row is detached from it, and returned when its handler is running and
-// must be cancelled: the row is not its any more.
+// add holds claimed rows as queued, or blocked if they follow another
+// row of their chain. A job of an earlier claim of the same row is
+// detached from it, and returned when its handler is running and must be
+// cancelled: the row is not its any more.
 func (h *held) add(jobs []*job) (cancel []*job) {
 	for _, j := range jobs {
 		if old, ok := h.jobs[j.rowID]; ok {
 			switch old.state {
-			case queued:
-				h.unqueue(old)
-				h.queuedOrRun[old.route.index]--
-				h.drop(old)
+			case queued, blocked:
+				h.leave(old)
 			case returned:
+				h.breakChain(old)
 				h.drop(old) // takeWrites skips it
 			case running:
 				old.state = lost
@@ -225,12 +270,73 @@ func (h *held) add(jobs []*job) (cancel []*job) {
 				h.detached[old] = true
 			}
 		}
-		j.state = queued
 		h.jobs[j.rowID] = j
-		h.queues[j.route.index] = append(h.queues[j.route.index], j)
-		h.queuedOrRun[j.route.index]++
+		if j.follows {
+			j.state = blocked
+			h.blockedN++
+			continue
+		}
+		h.enqueue(j)
 	}
 	return cancel
+}
+
+// enqueue queues a job to run.
+func (h *held) enqueue(j *job) {
+	j.state = queued
+	h.queues[j.route.index] = append(h.queues[j.route.index], j)
+	h.queuedOrRun[j.route.index]++
+}
+
+// leave forgets a queued or blocked job that will not run: its lease is
+// lost, or the row was claimed again. The rest of its chain is handed back.
+func (h *held) leave(j *job) {
+	switch j.state {
+	case queued:
+		h.unqueue(j)
+		h.queuedOrRun[j.route.index]--
+	case blocked:
+		h.blockedN--
+	}
+	h.breakChain(j)
+	h.drop(j)
+}
+
+// proceed lets the row after j in its chain run, now that j is done; if
+// the worker is stopping, that row is handed back instead, due at once.
+func (h *held) proceed(j *job) {
+	n := j.next
+	if n == nil {
+		return
+	}
+	j.next = nil
+	if n.state != blocked {
+		return
+	}
+	h.blockedN--
+	if h.stopping {
+		n.state, n.res = returned, result{kind: resReleased}
+		h.toWrite = append(h.toWrite, n)
+		h.breakChain(n)
+		return
+	}
+	h.enqueue(n)
+}
+
+// breakChain hands back the rows blocked behind j, which will not be
+// done by this worker: each goes back to wait behind j's row in its key's
+// order.
+func (h *held) breakChain(j *job) {
+	n := j.next
+	j.next = nil
+	for n != nil && n.state == blocked {
+		h.blockedN--
+		n.state, n.res = returned, result{kind: resWaiting, behind: j.seq}
+		h.toWrite = append(h.toWrite, n)
+		following := n.next
+		n.next = nil
+		n = following
+	}
 }
 
 // start returns a queued job that may run now, marked running until
@@ -264,16 +370,26 @@ func (h *held) start(now time.Time) *job {
 }
 
 // finish records the result of a running (or lost) job. It reports
-// whether the result is to be written.
+// whether the result is to be written. The next row of its chain runs
+// now if a TxHandler's transaction marked this one done; it waits for the
+// write if the result is done; otherwise it is handed back.
 func (h *held) finish(j *job, res result) bool {
 	switch j.state {
 	case running:
 		h.stopRunning(j)
 		j.state, j.res = returned, res
 		h.toWrite = append(h.toWrite, j)
+		switch res.kind {
+		case resCommitted:
+			h.proceed(j)
+		case resDone:
+		default:
+			h.breakChain(j)
+		}
 		return true
 	case lost:
 		h.stopRunning(j)
+		h.breakChain(j)
 		h.drop(j)
 	}
 	return false
@@ -301,7 +417,7 @@ func (h *held) takeWrites() []*job {
 		}
 		n++
 		if j.state == returned {
-			j.state = writing
+			j.state, j.nextAtWrite = writing, j.next != nil
 			out = append(out, j)
 		}
 	}
@@ -311,12 +427,20 @@ func (h *held) takeWrites() []*job {
 	return out
 }
 
-// written forgets jobs whose write finished, successful or not.
-func (h *held) written(jobs []*job) {
+// written forgets jobs whose write finished, successful or not; ok
+// holds the rows written. The next row of a chain runs once the row
+// before it is written done.
+func (h *held) written(jobs []*job, ok map[rowID]bool) {
 	for _, j := range jobs {
-		if j.state == writing {
-			h.drop(j)
+		if j.state != writing {
+			continue
 		}
+		if j.res.kind == resDone && ok[j.rowID] {
+			h.proceed(j)
+		} else {
+			h.breakChain(j)
+		}
+		h.drop(j)
 	}
 }
 
@@ -345,7 +469,7 @@ func (h *held) renewals(now time.Time) []*job {
 	out := make([]*job, 0, len(h.jobs))
 	for _, j := range h.jobs {
 		switch j.state {
-		case queued, returned, writing:
+		case queued, blocked, returned, writing:
 			out = append(out, j)
 		case running:
 			if now.Before(j.deadline) {
@@ -369,14 +493,13 @@ func (h *held) lose(items []renewItem) (cancel []*job, n int) {
 		}
 		n++
 		switch j.state {
-		case queued:
-			h.unqueue(j)
-			h.queuedOrRun[j.route.index]--
-			h.drop(j)
+		case queued, blocked:
+			h.leave(j)
 		case running:
 			j.state = lost
 			cancel = append(cancel, j)
 		case returned:
+			h.breakChain(j)
 			h.drop(j) // takeWrites skips it
 		}
 	}
@@ -397,13 +520,13 @@ func (h *held) renewed(rows []renewedRow, until, endsBy time.Time) {
 	}
 }
 
-// expire is lose for the queued and running rows whose leases end before
+// expire is lose for the queued, blocked and running rows whose leases end before
 // by, except those whose leases end at or after wait (zero: none waits).
 // It also returns by when the last of those leases has ended.
 func (h *held) expire(by, wait time.Time) (cancel []*job, n int, last time.Time) {
 	var items []renewItem
 	for id, j := range h.jobs {
-		if (j.state == queued || j.state == running) && j.leaseUntil.Before(by) &&
+		if (j.state == queued || j.state == running || j.state == blocked) && j.leaseUntil.Before(by) &&
 			(wait.IsZero() || j.leaseUntil.Before(wait)) {
 			items = append(items, renewItem{id, j.claim})
 			if j.leaseEndsBy.After(last) {
@@ -425,13 +548,17 @@ func (h *held) unqueue(j *job) {
 	}
 }
 
-// release hands every queued job back: its result is "never started".
+// release hands every queued job back: its result is "never started",
+// and the rows blocked behind it go back to wait. From now on, a row
+// whose turn comes is handed back too.
 func (h *held) release() {
+	h.stopping = true
 	for i, q := range h.queues {
 		for _, j := range q {
 			j.state, j.res = returned, result{kind: resReleased}
 			h.toWrite = append(h.toWrite, j)
 			h.queuedOrRun[i]--
+			h.breakChain(j)
 		}
 		h.queues[i] = nil
 	}

@@ -88,7 +88,7 @@ func TestHeldLifecycle(t *testing.T) {
 	if got := h.renewals(b.deadline.Add(time.Millisecond)); len(got) != 3 || slices.Contains(got, b) {
 		t.Fatalf("renewals after b's deadline = %d jobs (b included: %v), want 3 without b", len(got), slices.Contains(got, b))
 	}
-	h.written(batch)
+	h.written(batch, nil)
 	if _, ok := h.jobs[a.rowID]; ok || len(h.jobs) != 3 {
 		t.Fatalf("written job still held; %d held", len(h.jobs))
 	}
@@ -101,9 +101,9 @@ func TestHeldLifecycle(t *testing.T) {
 	if h.start(now) != nil {
 		t.Fatal("a job started after release")
 	}
-	h.written(back)
+	h.written(back, nil)
 	h.finish(b, result{kind: resFailed})
-	h.written(h.takeWrites())
+	h.written(h.takeWrites(), nil)
 	if !h.idle() || h.runningAll != 0 || h.queuedOrRun[0] != 0 {
 		t.Fatalf("after everything: %d held, %d running, %d queued or running", len(h.jobs), h.runningAll, h.queuedOrRun[0])
 	}
@@ -148,7 +148,7 @@ func TestHeldLose(t *testing.T) {
 	if _, ok := h.jobs[run1.rowID]; ok {
 		t.Fatal("a lost job is still held after its handler returned")
 	}
-	h.written(batch)
+	h.written(batch, nil)
 	// Leases not renewed: the two queued rows' leases (zero here, as
 	// never renewed) end before any deadline.
 	jobs[3].leaseUntil = now.Add(time.Hour) // renewed: kept
@@ -175,7 +175,7 @@ func TestHeldClaimedAgain(t *testing.T) {
 	if cancel := h.add([]*job{again}); len(cancel) != 0 {
 		t.Fatalf("a job being written was cancelled: %v", cancel)
 	}
-	h.written(batch)
+	h.written(batch, nil)
 	if h.jobs[again.rowID] != again || h.idle() || len(h.renewals(now)) != 1 {
 		t.Fatalf("the write of the earlier claim took the new job with it: held %v, idle %v", h.jobs, h.idle())
 	}
@@ -241,5 +241,128 @@ func TestHeldExpire(t *testing.T) {
 	}
 	if _, n, _ := h.expire(by, time.Time{}); n != 1 {
 		t.Fatalf("expire with no renewal under way: %d lost, want the queued row ending before by", n)
+	}
+}
+
+// chainFor returns a head and n rows following it in one ordering key,
+// linked as a claim links them.
+func chainFor(r *route, n int) []*job {
+	jobs := jobsFor(r, n+1, 1)
+	for i, j := range jobs {
+		j.order, j.seq = "k", int64(10*(i+1))
+	}
+	// A claim returns rows in no particular order.
+	rev := slices.Clone(jobs)
+	slices.Reverse(rev)
+	linkChains(rev)
+	return jobs
+}
+
+// The rows of a chain run one at a time: each once the one before it is
+// written done (or committed by its TxHandler); when one before fails,
+// is lost or is handed back, the rest go back to wait, unstarted, behind
+// it; they take no slot while blocked, only room of their own.
+func TestHeldChain(t *testing.T) {
+	now := time.Now()
+	started := func(h *held) []*job {
+		var out []*job
+		for j := h.start(now); j != nil; j = h.start(now) {
+			out = append(out, j)
+		}
+		return out
+	}
+	// writes writes what waits to be written, done rows successfully.
+	writes := func(h *held) map[resultKind]int {
+		got, ok := map[resultKind]int{}, map[rowID]bool{}
+		batch := h.takeWrites()
+		for _, j := range batch {
+			got[j.res.kind]++
+			ok[j.rowID] = j.res.kind == resDone
+		}
+		h.written(batch, ok)
+		return got
+	}
+
+	h, routes := heldFixture(10, 20, 0)
+	c := chainFor(routes[0], 3)
+	h.add(c)
+	if got := started(h); len(got) != 1 || got[0] != c[0] {
+		t.Fatalf("started %d jobs, want only the head", len(got))
+	}
+	if p, _ := h.plan(10, 1); p.n != 10 || h.blockedN != 3 || len(h.renewals(now)) != 4 {
+		t.Fatalf("plan %+v with %d blocked, %d renewed: blocked rows take no slot and are renewed", p, h.blockedN, len(h.renewals(now)))
+	}
+	// Done, but not written yet: the next waits for the write.
+	h.finish(c[0], result{kind: resDone})
+	if len(started(h)) != 0 {
+		t.Fatal("a row started before the row before it was written")
+	}
+	batch := h.takeWrites()
+	if !batch[0].nextAtWrite {
+		t.Fatal("a done row with a row behind it would make the next row due")
+	}
+	h.written(batch, map[rowID]bool{c[0].rowID: true})
+	if got := started(h); len(got) != 1 || got[0] != c[1] {
+		t.Fatalf("after the head was written: started %v, want the second row", got)
+	}
+	// A TxHandler committed it: the next runs at once.
+	h.finish(c[1], result{kind: resCommitted})
+	if got := started(h); len(got) != 1 || got[0] != c[2] {
+		t.Fatalf("after a commit: started %v, want the third row", got)
+	}
+	// It fails: the last goes back to wait behind it, unstarted.
+	h.finish(c[2], result{kind: resFailed})
+	if got := writes(h); got[resFailed] != 1 || got[resWaiting] != 1 || c[3].res.behind != c[2].seq || h.blockedN != 0 {
+		t.Fatalf("after a failure: writes %v, waiting behind %d; want the failure and the last row waiting behind it", got, c[3].res.behind)
+	}
+
+	// A done row whose write did not happen (lease lost) breaks the chain.
+	h, routes = heldFixture(10, 20, 0)
+	c = chainFor(routes[0], 2)
+	h.add(c)
+	started(h)
+	h.finish(c[0], result{kind: resDone})
+	h.written(h.takeWrites(), map[rowID]bool{})
+	if got := writes(h); got[resWaiting] != 2 || len(started(h)) != 0 {
+		t.Fatalf("after an unwritten done row: writes %v, want both rows behind it waiting again", got)
+	}
+
+	// A blocked row whose lease is lost takes the rows behind it along;
+	// the row before it runs on.
+	h, routes = heldFixture(10, 20, 0)
+	c = chainFor(routes[0], 3)
+	h.add(c)
+	started(h)
+	if _, n := h.lose([]renewItem{{c[2].rowID, c[2].claim}}); n != 1 {
+		t.Fatalf("lost %d rows, want the blocked one", n)
+	}
+	if got := writes(h); got[resWaiting] != 1 || c[3].res.behind != c[2].seq || c[1].state != blocked {
+		t.Fatalf("after a blocked row was lost: writes %v; want only the row behind it handed back", got)
+	}
+	h.finish(c[0], result{kind: resDone})
+	h.written(h.takeWrites(), map[rowID]bool{c[0].rowID: true})
+	h.finish(started(h)[0], result{kind: resDone})
+	h.written(h.takeWrites(), map[rowID]bool{c[1].rowID: true})
+	if !h.idle() || h.blockedN != 0 {
+		t.Fatalf("after the chain ended: %d held, %d blocked", len(h.jobs), h.blockedN)
+	}
+
+	// Stop: the queued head is handed back due, the rows behind it wait;
+	// a row whose turn comes while stopping is handed back due.
+	h, routes = heldFixture(1, 20, 0)
+	other := jobsFor(routes[0], 1, 1)[0]
+	h.add([]*job{other})
+	c = chainFor(routes[0], 1)
+	d := chainFor(routes[0], 2)
+	h.add(append(c, d...))
+	started(h) // other runs; both heads wait for the one runner
+	h.release()
+	if got := writes(h); got[resReleased] != 2 || got[resWaiting] != 3 {
+		t.Fatalf("release: writes %v, want the 2 heads handed back and the 3 rows behind them waiting", got)
+	}
+	h.finish(other, result{kind: resDone})
+	h.written(h.takeWrites(), map[rowID]bool{other.rowID: true})
+	if !h.idle() {
+		t.Fatalf("after stop: %d held", len(h.jobs))
 	}
 }

@@ -509,3 +509,86 @@ func TestOrderedDeathOfALostLease(t *testing.T) {
 		t.Fatalf("ParkedKeys = %+v, %v; want key k of parks, one row waiting", parked, err)
 	}
 }
+
+// A claim takes a key's first row with up to four rows behind it (a
+// chain), and runs each once the one before it is written done, with no
+// claim of its own: three keys of 20 rows each take far fewer claims than
+// the 20 a key would need one row at a time. A row of a chain that fails
+// hands the rows behind it back, unstarted (their claim counted, their
+// attempt not), to wait again in the key's order; they run, in order,
+// once it succeeds.
+func TestOrderedChains(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := orderedPool(t)
+	log := newOrderLog(t)
+	var claims atomic.Int64
+	reg := inbox.NewRegistry()
+	reg.On("acct", inbox.HandlerFunc("apply", func(_ context.Context, p []byte) error {
+		defer log.end(p)
+		if log.begin(p) == 1 && string(p) == "a:12" {
+			return inbox.RetryAfter(time.Hour, errors.New("not yet"))
+		}
+		return nil
+	}))
+	hooks := inbox.WithHooks(inbox.Hooks{OnClaim: func(e inbox.ClaimEvent) {
+		if e.Rows > 0 {
+			claims.Add(1)
+		}
+	}})
+	ib := start(t, pool, reg, testenv.Fast(t, hooks)...)
+	const perKey = 20
+	keys := []string{"a", "b", "c"}
+	ids := map[string]uuid.UUID{}
+	var recs []*inbox.Record
+	for n := range perKey {
+		for _, key := range keys {
+			p := string(orderEvent(key, n))
+			ids[p] = uuid.New()
+			recs = append(recs, testenv.Record(t, ids[p], "acct", p).WithOrderingKey(key))
+		}
+	}
+	if err := ib.Client().Set(ctx, recs...); err != nil {
+		t.Fatal(err)
+	}
+	row := func(p string) inbox.RecordState {
+		t.Helper()
+		rows, err := ib.Lookup(ctx, ids[p])
+		if err != nil || len(rows) != 1 {
+			t.Fatalf("Lookup %s = %+v, %v", p, rows, err)
+		}
+		return rows[0]
+	}
+	testenv.Eventually(t, time.Minute, "b and c to finish, and a to stop at a:12", func() (bool, error) {
+		return row("b:19").Status == inbox.Done && row("c:19").Status == inbox.Done && row("a:12").Status == inbox.Failed, nil
+	})
+	// a:10 to a:14 were one chain: a:13 and a:14 went back when a:12 failed.
+	for _, p := range []string{"a:13", "a:14", "a:15"} {
+		var claimed int
+		if err := pool.QueryRow(ctx, "SELECT claims FROM inbox_records WHERE event_id = $1", ids[p]).Scan(&claimed); err != nil {
+			t.Fatal(err)
+		}
+		s := row(p)
+		if want := btoi(p != "a:15"); s.Status != inbox.Null || !s.Waiting || s.Attempts != 0 || claimed != want || log.ran([]byte(p)) != 0 {
+			t.Fatalf("%s: %s, waiting %v, %d attempts, claimed %d times, ran %d times; want pending, waiting, no attempt, claimed %d times, never run",
+				p, s.Status, s.Waiting, s.Attempts, claimed, log.ran([]byte(p)), want)
+		}
+	}
+	if res, err := ib.Admin().Replay(ctx, inbox.Filter{EventID: ids["a:12"]}, inbox.ActionOptions{Actor: "test"}); err != nil || res.Changed != 1 {
+		t.Fatalf("Replay a:12 = %+v, %v", res, err)
+	}
+	waitCounts(t, ib, time.Minute, map[inbox.Status]int{inbox.Done: len(recs)})
+	log.check(t)
+	for p := range ids {
+		if want, got := 1+btoi(p == "a:12"), log.ran([]byte(p)); got != want {
+			t.Fatalf("%s ran %d times, want %d", p, got, want)
+		}
+		if s := row(p); s.Attempts != 1 {
+			t.Fatalf("%s: %d attempts, want 1", p, s.Attempts)
+		}
+	}
+	if n := claims.Load(); n >= perKey {
+		t.Fatalf("%d claims returned rows; a claim per row would take %d, chains far fewer", n, perKey)
+	}
+	t.Logf("%d claims returned rows for %d rows of %d keys", claims.Load(), len(recs), len(keys))
+}

@@ -112,6 +112,7 @@ func (o *owner) handOut() {
 			EventID: j.id, EventType: j.route.eventType, HandlerKey: j.key, Number: j.attempt,
 			MaxAttempts: j.maxAttempts, Payload: j.payload, StoredAt: j.storedAt, TraceContext: j.trace, Transactional: j.route.tx != nil}}
 		j.ctx, j.cancel = context.WithCancelCause(j.actx) // registers with no parent
+		j.nextAtStart = j.next != nil                     // a TxHandler's commit makes nothing due then
 		w.jobs <- j                                       // at most concurrency jobs are out
 	}
 	if o.planWanted {
@@ -143,7 +144,7 @@ func (o *owner) handle(ev event) {
 		h.finish(ev.job, ev.res)
 	case evWritten:
 		o.writing = false
-		h.written(ev.jobs)
+		h.written(ev.jobs, ev.written)
 	case evRenewed:
 		o.renewing = false
 		if ev.err != nil {

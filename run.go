@@ -223,7 +223,9 @@ func (w *worker) runTx(ctx context.Context, j *job, payload []byte) (bool, error
 	}
 	// The key's lock comes before the row's, as in every other writer.
 	var next promotions
-	next.add(j, string(Done))
+	if !j.nextAtStart { // else the next row is this worker's, blocked behind this one
+		next.add(j, string(Done))
+	}
 	lock, promote := next.stmts(w.cfg.notify)
 	if err := execAll(ctx, tx, w.db, lock); err != nil {
 		return false, fmt.Errorf("lock ordering key %q: %w", j.order, err)

@@ -1,6 +1,9 @@
 package inbox
 
-import "strconv"
+import (
+	"strconv"
+	"strings"
+)
 
 // Every statement the package runs. Table names are unqualified: the inbox
 // lives in the schema the connection's search_path resolves to.
@@ -129,7 +132,7 @@ const pausedSQL = `SELECT FROM inbox_pauses s WHERE s.event_type IN ('', p.t) AN
 // ctid of each row lets its result be written without an index lookup.
 //
 // claimCappedSQL is the same with per-pair caps: of the locked rows it
-// claims, in due order, at most $9[i] rows of pair i (a handler's free
+// claims, in due order, at most $11[i] rows of pair i (a handler's free
 // concurrency) and releases the others at commit. Whenever a row is locked
 // one is claimed: the oldest due row is within every cap (a pair with no
 // free concurrency is not passed at all).
@@ -138,9 +141,13 @@ const pausedSQL = `SELECT FROM inbox_pauses s WHERE s.event_type IN ('', p.t) AN
 // (handler key, ordering key) is unfinished or parked dead: the first of
 // its key. Later rows wait outside the due range (promoteSQL makes each
 // due in turn), so the claim seldom meets one; the check makes sure.
+// Behind each first row of a key it claims, the claim also leases up to
+// $9 of the rows that wait behind it, in the key's order, $10 in all
+// (chainSQL): the worker runs each once the one before it is done. These
+// take no part in the caps.
 //
 // claimLimitedSQL is claimCappedSQL with global limits too: of handler
-// key $10[i], at most $11[i] rows in progress across every worker, those
+// key $12[i], at most $13[i] rows in progress across every worker, those
 // counted included. It runs after limitLockSQL took the limited keys'
 // locks, in a new snapshot: the claims of a limited key take turns, and
 // each sees every row the others claimed.
@@ -153,14 +160,18 @@ var claimLimitedSQL = claimWith(true, true)
 // claimWith builds claimSQL, claimCappedSQL (capped) or claimLimitedSQL
 // (capped and limited).
 func claimWith(capped, limited bool) string {
-	from, picked := "due", ""
+	from, picked, unlimited := "due", "", ""
+	if limited {
+		// A blocked row would count against its handler's global limit.
+		unlimited = " AND handler_key <> ALL ($12::text[])"
+	}
 	if capped {
 		room, within, byKey := "", "", ""
 		if limited {
 			room = `, room AS MATERIALIZED (
     SELECT l.k, greatest(l.n - (SELECT count(*) FROM inbox_records r
                                 WHERE r.handler_key = l.k AND r.status = 'progress'), 0) AS n
-    FROM unnest($10::text[], $11::int[]) AS l(k, n)
+    FROM unnest($12::text[], $13::int[]) AS l(k, n)
 )`
 			within = `
       AND d.nth_key <= coalesce((SELECT n FROM room WHERE room.k = d.handler_key), d.nth_key)`
@@ -172,14 +183,15 @@ func claimWith(capped, limited bool) string {
         SELECT due.*, row_number() OVER (PARTITION BY event_type, handler_key ORDER BY due_at) AS nth`+byKey+`
         FROM due
     ) d
-    JOIN unnest($1::text[], $2::text[], $9::int[]) AS p(event_type, handler_key, cap)
+    JOIN unnest($1::text[], $2::text[], $11::int[]) AS p(event_type, handler_key, cap)
       ON p.event_type = d.event_type AND p.handler_key = d.handler_key
     WHERE d.nth <= p.cap`+within+`
 )`
 	}
 	return `
 WITH due AS MATERIALIZED (
-    SELECT ctid, event_id, handler_key, event_type, status, due_at, octet_length(payload) AS size
+    SELECT ctid, event_id, handler_key, event_type, status, due_at, octet_length(payload) AS size,
+           ordering_key, seq, attempts < max_attempts AS lives
     FROM inbox_records AS f
     WHERE status IN ('', 'failed', 'progress')
       AND due_at <= now()
@@ -192,8 +204,8 @@ WITH due AS MATERIALIZED (
     ORDER BY due_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
-)` + picked + `, inline AS MATERIALIZED (
-    SELECT coalesce(sum(size), 0) <= $4 AS ok FROM ` + from + `
+)` + picked + strings.NewReplacer("{from}", from, "{unlimited}", unlimited).Replace(chainSQL) + `, inline AS MATERIALIZED (
+    SELECT coalesce(sum(size), 0) <= $4 AS ok FROM (SELECT size FROM ` + from + ` UNION ALL SELECT size FROM chain) s
 ), rescues AS MATERIALIZED (
     SELECT coalesce(bool_or(status = 'progress'), false) AS any_rescued FROM ` + from + `
 ), claimed AS (
@@ -210,7 +222,7 @@ WITH due AS MATERIALIZED (
         due_at           = CASE WHEN r.attempts >= r.max_attempts THEN r.due_at
                                 ELSE now() + $6::bigint * interval '1 millisecond' END,
         updated_at       = now()
-    WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM ` + from + `))
+    WHERE r.ctid = ANY (ARRAY(SELECT ctid FROM ` + from + ` UNION ALL SELECT ctid FROM chain))
     RETURNING (SELECT count(*) FROM due), r.ctid, r.event_id, r.event_type, r.handler_key,
               CASE WHEN (SELECT ok FROM inline) THEN r.payload END, r.attempts, r.claims, r.max_attempts,
               r.status, r.last_error, r.created_at, r.trace_context, r.ordering_key, r.seq, NOT (SELECT ok FROM inline),
@@ -220,6 +232,49 @@ WITH due AS MATERIALIZED (
 )
 SELECT * FROM claimed`
 }
+
+// chainSQL finds, behind each first row of an ordering key in {from} (the
+// rows a claim takes) that lives on (is not claimed dead) and whose
+// handler has no global limit ({unlimited}), up to $9 of the
+// rows of its key that follow it in order, $10 in all (the oldest keys
+// first), and locks them: the longest run of rows that each wait (stored,
+// not made due), none skipped for a lock another transaction holds. A row
+// that does not wait (in progress elsewhere, failed, dead) ends the run.
+// The lookup reads the order index from the first row on; the lock
+// rechecks that each row still waits.
+const chainSQL = `, heads AS MATERIALIZED (
+    SELECT ctid, handler_key, ordering_key, seq, due_at FROM {from}
+    WHERE ordering_key IS NOT NULL AND lives AND $9::int > 0{unlimited}
+), run AS MATERIALIZED (
+    SELECT ctid, size, head, n FROM (
+        SELECT x.*, h.ctid AS head, h.due_at,
+               row_number() OVER (PARTITION BY h.ctid ORDER BY x.seq) AS n,
+               bool_and(x.waits) OVER (PARTITION BY h.ctid ORDER BY x.seq) AS all_wait
+        FROM heads h CROSS JOIN LATERAL (
+            SELECT r.ctid, r.seq, octet_length(r.payload) AS size,
+                   (r.status = '' AND r.due_at = 'infinity' AND r.attempts < r.max_attempts) AS waits
+            FROM inbox_records r
+            WHERE r.handler_key = h.handler_key AND r.ordering_key = h.ordering_key
+              AND r.seq > h.seq AND r.status <> 'done'
+            ORDER BY r.seq
+            LIMIT $9
+        ) x
+    ) c
+    WHERE all_wait
+    ORDER BY due_at, head, n
+    LIMIT $10
+), locked AS MATERIALIZED (
+    SELECT ctid FROM inbox_records
+    WHERE ctid = ANY (ARRAY(SELECT ctid FROM run))
+      AND (status = '' AND due_at = 'infinity') IS TRUE -- not an index condition: a TID scan
+    FOR UPDATE SKIP LOCKED
+), chain AS MATERIALIZED (
+    SELECT ctid, size FROM (
+        SELECT r.ctid, r.size, bool_and(l.ctid IS NOT NULL) OVER (PARTITION BY r.head ORDER BY r.n) AS all_locked
+        FROM run r LEFT JOIN locked l ON l.ctid = r.ctid
+    ) c
+    WHERE all_locked
+)`
 
 // payloadSQL reads the payload of a row that worker $3 holds for its claim
 // $4, for a claim that withheld it.

@@ -90,12 +90,13 @@ type worker struct {
 // sending one allocates nothing.
 type event struct {
 	kind    eventKind
-	jobs    []*job       // claimed, written
-	job     *job         // result
-	res     result       // result
-	renewed []renewedRow // renewed
-	lost    []renewItem  // renewed: rows no longer held
-	err     error        // renewed: the renewal failed
+	jobs    []*job         // claimed, written
+	written map[rowID]bool // written: the rows whose results were written
+	job     *job           // result
+	res     result         // result
+	renewed []renewedRow   // renewed
+	lost    []renewItem    // renewed: rows no longer held
+	err     error          // renewed: the renewal failed
 }
 
 type eventKind uint8

@@ -15,15 +15,14 @@ import (
 func (w *worker) writeLoop() {
 	defer w.io.Done()
 	for batch := range w.writes {
-		w.write(batch)
-		w.send(event{kind: evWritten, jobs: batch})
+		w.send(event{kind: evWritten, jobs: batch, written: w.write(batch)})
 	}
 }
 
 // write writes a batch of results in one statement: done, failed with its
 // next attempt, dead, or handed back unstarted. A TxHandler's committed
-// result is written already.
-func (w *worker) write(batch []*job) {
+// result is written already. It returns the rows written.
+func (w *worker) write(batch []*job) map[rowID]bool {
 	n := len(batch)
 	ctids := make([]pgtype.TID, 0, n)
 	ids := make([]pgtype.UUID, 0, n)
@@ -33,7 +32,7 @@ func (w *worker) write(batch []*job) {
 	errs := make([]*string, 0, n)
 	types := make([]*string, 0, n)
 	counted := make([]bool, 0, n)
-	dues := make([]*time.Time, 0, n)
+	dues := make([]pgtype.Timestamptz, 0, n)
 	dead := make(map[rowID]DeadRecord)
 	deadClaims := make(map[rowID]int)
 	now := time.Now()
@@ -41,9 +40,19 @@ func (w *worker) write(batch []*job) {
 	released := false
 	var next promotions
 	add := func(j *job, status string, text *string, count bool, due *time.Time) {
-		next.add(j, status)
+		if !j.nextAtWrite {
+			next.add(j, status)
+		}
 		ctids, ids, keys, claims = append(ctids, j.ctid), append(ids, pgUUID(j.id)), append(keys, j.key), append(claims, int32(j.claim))
-		statuses, errs, counted, dues = append(statuses, status), append(errs, text), append(counted, count), append(dues, due)
+		statuses, errs, counted = append(statuses, status), append(errs, text), append(counted, count)
+		switch {
+		case due != nil:
+			dues = append(dues, pgtype.Timestamptz{Time: *due, Valid: true})
+		case j.res.kind == resWaiting:
+			dues = append(dues, pgtype.Timestamptz{InfinityModifier: pgtype.Infinity, Valid: true})
+		default:
+			dues = append(dues, pgtype.Timestamptz{}) // keep the stored one
+		}
 		var etype *string
 		if text != nil {
 			etype = &j.res.etype
@@ -66,6 +75,9 @@ func (w *worker) write(batch []*job) {
 			}
 			add(j, string(status), nil, false, &now)
 			released = true
+		case resWaiting:
+			add(j, string(Null), nil, false, nil) // only a row with no status waits
+			next.behind(j)
 		case resRetryAfter:
 			due := now.Add(r.after)
 			add(j, string(Failed), &r.text, false, &due)
@@ -85,7 +97,7 @@ func (w *worker) write(batch []*job) {
 		}
 	}
 	if len(ids) == 0 {
-		return
+		return nil
 	}
 	for k, rec := range dead {
 		w.deadCalls.remember(k, deadClaims[k], rec)
@@ -120,6 +132,7 @@ func (w *worker) write(batch []*job) {
 	if lost := len(keys) - len(written); lost > 0 && err == nil {
 		w.report(fmt.Errorf("%w: %d results not written; those rows will be retried", ErrLeaseLost, lost))
 	}
+	return written
 }
 
 // complete writes results and returns the rows written. One statement
@@ -131,7 +144,7 @@ func (w *worker) write(batch []*job) {
 // The statements lock and promote run before and after each in the same
 // transaction: they make the next rows of finished ordered rows due.
 func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, claims []int32, statuses []string,
-	errs, types []*string, counted []bool, dues []*time.Time, lock, promote []stmt) (map[rowID]bool, error) {
+	errs, types []*string, counted []bool, dues []pgtype.Timestamptz, lock, promote []stmt) (map[rowID]bool, error) {
 	written := make(map[rowID]bool, len(ids))
 	// mark records the rows a statement wrote: it returns the positions,
 	// from 1, in the arrays it was given, whose keys are ids and keys.
@@ -150,8 +163,12 @@ func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, 
 		return w.db.tidOnly(w.writeCtx, mark(ids, keys), completeSQL,
 			[]any{ctids, ids, keys, claims, statuses, errs, counted, dues, w.deadBy, pgUUID(w.id), types}, lock, promote)
 	})
-	if err != nil || len(written) == len(ids) {
+	if err != nil {
+		clear(written) // marked by a transaction that did not commit
 		return written, err
+	}
+	if len(written) == len(ids) {
+		return written, nil
 	}
 	var (
 		mIDs      []pgtype.UUID
@@ -161,7 +178,7 @@ func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, 
 		mErrs     []*string
 		mTypes    []*string
 		mCounted  []bool
-		mDues     []*time.Time
+		mDues     []pgtype.Timestamptz
 	)
 	for i := range ids {
 		if !written[rowID{ids[i].Bytes, keys[i]}] {
@@ -169,13 +186,19 @@ func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, 
 			mErrs, mTypes, mCounted, mDues = append(mErrs, errs[i]), append(mTypes, types[i]), append(mCounted, counted[i]), append(mDues, dues[i])
 		}
 	}
-	err = w.retry(w.writeCtx, "write moved results", func() error {
+	forget := func() {
 		for i := range mIDs {
 			delete(written, rowID{mIDs[i].Bytes, mKeys[i]})
 		}
+	}
+	err = w.retry(w.writeCtx, "write moved results", func() error {
+		forget()
 		return w.db.keyOnly(w.writeCtx, mark(mIDs, mKeys), completeByKeySQL,
 			[]any{mIDs, mKeys, mClaims, mStatuses, mErrs, mCounted, mDues, w.deadBy, pgUUID(w.id), mTypes}, lock, promote)
 	})
+	if err != nil {
+		forget()
+	}
 	return written, err
 }
 
@@ -200,6 +223,15 @@ func (p *promotions) add(j *job, status string) {
 	case status == string(Dead) && j.route.movesOn:
 		p.keys, p.orders, p.skip, p.after = append(p.keys, j.key), append(p.orders, j.order), append(p.skip, true), append(p.after, j.seq)
 	}
+}
+
+// behind notes the key of a row handed back to wait in its key's order,
+// behind a row that is not done here: whoever finishes that row makes the
+// next due, and if that happened already (the row this one waited for was
+// taken over and finished elsewhere), the promotion from that row's place
+// on makes this one due.
+func (p *promotions) behind(j *job) {
+	p.keys, p.orders, p.skip, p.after = append(p.keys, j.key), append(p.orders, j.order), append(p.skip, false), append(p.after, j.res.behind-1)
 }
 
 // stmts returns the statement that locks the keys, to run before the rows
