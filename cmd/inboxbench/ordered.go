@@ -272,8 +272,9 @@ func (b *bench) orderedDrains(ctx context.Context, idx *pgxpool.Pool) error {
 	t.note("progress index: the library's migrated table in schema %s, plus inbox_records_progress_idx (which the", orderedIdx)
 	t.note("first Inbox with a globally limited handler builds, for its claims to count through); the claim's ordering check")
 	t.note("cannot be taken out here")
-	t.note("claim: the claims that returned rows (Inbox hooks); write: each write of results, in whose transaction a")
-	t.note("write of ordered rows also locks their keys and makes the next rows due (promote)")
+	t.note("claim: the claims that returned rows (Inbox hooks); an ordered claim also leases up to 4 rows behind each")
+	t.note("key's first row (a chain, run one after the other), hence its rows per claim; write: each write of results,")
+	t.note("in whose transaction a write that ends a chain also locks its key and makes the key's next row due (promote)")
 	b.orderedVerify(t, n, ord, unord, idxR)
 	b.print(t)
 	return nil
