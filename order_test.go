@@ -592,3 +592,61 @@ func TestOrderedChains(t *testing.T) {
 	}
 	t.Logf("%d claims returned rows for %d rows of %d keys", claims.Load(), len(recs), len(keys))
 }
+
+// A row of a chain whose lease is lost while it waits (here another
+// transaction holds its lock, so renewals skip it) leaves the chain: the
+// rows behind it go back to wait, the row before it runs on, and the lost
+// row runs once its lease has ended, then the rest, in order, each once.
+func TestOrderedChainLeaseLost(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := orderedPool(t)
+	const lease = 900 * time.Millisecond
+	log := newOrderLog(t)
+	started, release := make(chan struct{}), make(chan struct{})
+	reg := inbox.NewRegistry()
+	reg.On("acct", inbox.HandlerFunc("apply", func(_ context.Context, p []byte) error {
+		defer log.end(p)
+		if log.begin(p) == 1 && string(p) == "k:0" {
+			close(started)
+			<-release
+		}
+		return nil
+	}))
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithLease(lease), inbox.WithHandlerTimeout(time.Hour))...)
+	ids := map[string]uuid.UUID{}
+	var recs []*inbox.Record
+	for n := range 10 {
+		p := string(orderEvent("k", n))
+		ids[p] = uuid.New()
+		recs = append(recs, testenv.Record(t, ids[p], "acct", p).WithOrderingKey("k"))
+	}
+	if err := ib.Client().Set(ctx, recs...); err != nil {
+		t.Fatal(err)
+	}
+	<-started // k:0 runs; k:1 to k:4 wait behind it, leased
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	var status string
+	if err := tx.QueryRow(ctx, `SELECT status FROM inbox_records WHERE event_id = $1 FOR UPDATE`, ids["k:2"]).Scan(&status); err != nil || status != "progress" {
+		t.Fatalf("k:2 is %q (%v), want leased behind k:0", status, err)
+	}
+	testenv.Eventually(t, 10*lease, "the rows behind k:2 to wait again", func() (bool, error) {
+		rows, err := ib.Lookup(ctx, ids["k:4"])
+		return err == nil && len(rows) == 1 && rows[0].Waiting, err
+	})
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	waitCounts(t, ib, time.Minute, map[inbox.Status]int{inbox.Done: len(recs)})
+	log.check(t)
+	for p := range ids {
+		if got := log.ran([]byte(p)); got != 1 {
+			t.Fatalf("%s ran %d times, want once", p, got)
+		}
+	}
+}
