@@ -312,7 +312,10 @@ func WithConcurrency(n int) Option {
 // WithBatchSize sets the most rows one claim takes, from 1 to 10000. A
 // worker has at most concurrency + batch size rows queued or running at
 // once, and at most twice that with the rows whose results wait to be
-// written.
+// written. A claim also leases, behind the first row of an ordering key
+// it takes, up to four of the rows waiting behind it, to run one after
+// the other ([Record.WithOrderingKey]): a worker holds up to four times
+// (concurrency + batch size) of those besides.
 func WithBatchSize(n int) Option {
 	return func(c *config) error {
 		c.batchSize = n
