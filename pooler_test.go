@@ -144,8 +144,8 @@ func pooledScenario(t *testing.T, bouncer *pgbouncer.Bouncer, mode pgx.QueryExec
 	a := start(t, pool, reg, opts...)
 	b := start(t, pool, reg, opts...)
 
-	// Four clients store 400 events, a tenth of them twice, some in their
-	// own transactions.
+	// Four clients store 400 events over 16 ordering keys, a tenth of them
+	// twice, some in their own transactions.
 	const clients, perClient = 4, 100
 	ids := make([][]uuid.UUID, clients)
 	var stored atomic.Int32
@@ -156,10 +156,14 @@ func pooledScenario(t *testing.T, bouncer *pgbouncer.Bouncer, mode pgx.QueryExec
 			defer wg.Done()
 			for i := 0; i < perClient; i += 10 {
 				var recs []*inbox.Record
-				for range 10 {
+				for j := range 10 {
 					id := uuid.New()
 					ids[c] = append(ids[c], id)
-					recs = append(recs, testenv.Record(t, id, "order", ""))
+					// Ordered: chains, the rows a failure hands back to
+					// wait (due at 'infinity') and the keys' locks go
+					// through the pooler too.
+					key := fmt.Sprintf("c%d/%d", c, j%4)
+					recs = append(recs, testenv.Record(t, id, "order", "").WithOrderingKey(key))
 				}
 				recs = append(recs, recs[0]) // a duplicate
 				var res inbox.SetResult
