@@ -49,6 +49,10 @@ func TestBackfill(t *testing.T) {
 		t.Fatal(err)
 	}
 	set(50, 550)
+	var stored time.Time // after every event was stored, before any row was backfilled
+	if err := pool.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&stored); err != nil {
+		t.Fatal(err)
+	}
 	// Retention erased the payloads of 20 events (as WithPayloadRetention does).
 	if _, err := pool.Exec(ctx, `UPDATE inbox_records SET payload = NULL
 		WHERE event_id IN (SELECT event_id FROM inbox_records WHERE created_at >= $1 ORDER BY event_id LIMIT 20)`, since); err != nil {
@@ -82,6 +86,13 @@ func TestBackfill(t *testing.T) {
 	again, err := admin.Backfill(ctx, spec, inbox.ActionOptions{}, nil)
 	if err != nil || again.Created != 0 || again.Existing != 480 || again.PayloadErased != 20 {
 		t.Fatalf("second backfill = %+v, %v; want nothing created, 480 existing", again, err)
+	}
+	// The rows backfilled for b do not make their events newer: no event
+	// was stored since all were.
+	later, err := admin.Backfill(ctx, inbox.BackfillSpec{EventType: "order", HandlerKey: "c", Since: stored},
+		inbox.ActionOptions{DryRun: true}, nil)
+	if err != nil || later.Created+later.Existing+later.PayloadErased != 0 {
+		t.Fatalf("backfill of events stored since every event was = %+v, %v; want none", later, err)
 	}
 	var rows, distinct int
 	if err := pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT event_id) FROM inbox_records WHERE handler_key = 'b'`).

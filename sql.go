@@ -668,14 +668,16 @@ ORDER BY waiting DESC, d.updated_at, d.handler_key, d.ordering_key
 LIMIT $1`
 
 // backfillPickSQL returns the next events (up to $5) of event type $1
-// stored at or after $2, after event id $3, in event id order: for each,
+// stored at or after $2 (their first row: a row backfilled later does not
+// make an event newer), after event id $3, in event id order: for each,
 // whether one of its rows still holds the payload, whether handler $4 has
 // a row of it already, and its ordering key. It walks the primary key.
 const backfillPickSQL = `
 SELECT event_id, bool_or(payload IS NOT NULL), bool_or(handler_key = $4), max(ordering_key)
 FROM inbox_records
-WHERE event_id > $3 AND event_type = $1 AND created_at >= $2
+WHERE event_id > $3 AND event_type = $1
 GROUP BY event_id
+HAVING min(created_at) >= $2
 ORDER BY event_id
 LIMIT $5`
 
