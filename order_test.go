@@ -650,3 +650,50 @@ func TestOrderedChainLeaseLost(t *testing.T) {
 		}
 	}
 }
+
+// A handler at its global limit holds up nobody else: with its backlog
+// older than every other row and larger than a claim, the claims skip it
+// while it has no room, and another handler's rows run meanwhile.
+func TestGlobalLimitFullDoesNotHoldUpOthers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := orderedPool(t)
+	const limit, backlog, batch = 2, 60, 20
+	release := make(chan struct{})
+	var busy atomic.Int32
+	var fast atomic.Int32
+	reg := inbox.NewRegistry()
+	reg.Handle("call", inbox.HandlerFunc("api", func(ctx context.Context, _ []byte) error {
+		busy.Add(1)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return ctx.Err()
+	}), inbox.HandlerGlobalConcurrency(limit))
+	reg.On("free", inbox.HandlerFunc("free", func(context.Context, []byte) error { fast.Add(1); return nil }))
+	ib := start(t, pool, reg, testenv.Fast(t, inbox.WithBatchSize(batch), inbox.WithHandlerTimeout(time.Hour))...)
+	t.Cleanup(func() { close(release) })
+	var old, young []*inbox.Record
+	for i := range backlog {
+		old = append(old, testenv.Record(t, uuid.New(), "call", strconv.Itoa(i)))
+	}
+	for i := range 5 {
+		young = append(young, testenv.Record(t, uuid.New(), "free", strconv.Itoa(i)))
+	}
+	if err := ib.Client().Set(ctx, old...); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, time.Minute, "the limited handler to be at its limit", func() (bool, error) {
+		return busy.Load() == limit, nil
+	})
+	if err := ib.Client().Set(ctx, young...); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, time.Minute, "the other handler's rows to run", func() (bool, error) {
+		return fast.Load() == int32(len(young)), nil
+	})
+	if n := busy.Load(); n != limit {
+		t.Fatalf("%d runs of the limited handler, want %d at its limit", n, limit)
+	}
+}

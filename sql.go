@@ -118,7 +118,8 @@ const pausedSQL = `SELECT FROM inbox_pauses s WHERE s.event_type IN ('', p.t) AN
 // attempt recorded ($7); if it has used up its own max_attempts it becomes
 // dead instead, owing its dead callback to $8 (NULL: no callback).
 //
-// The MATERIALIZED CTE cannot lock more rows than the limit. The update
+// The MATERIALIZED CTE cannot lock more due rows than the limit (chainSQL
+// locks those of the chains, $10 at most). The update
 // reaches the locked rows by ctid = ANY(ARRAY(...)), a TID scan whatever
 // plan the statement gets: a join back to the table could be planned as a
 // scan of the whole table. The last column says whether the row was
@@ -135,7 +136,8 @@ const pausedSQL = `SELECT FROM inbox_pauses s WHERE s.event_type IN ('', p.t) AN
 // claims, in due order, at most $11[i] rows of pair i (a handler's free
 // concurrency) and releases the others at commit. Whenever a row is locked
 // one is claimed: the oldest due row is within every cap (a pair with no
-// free concurrency is not passed at all).
+// free concurrency is not passed at all); so it is for claimLimitedSQL,
+// unless every row locked is of keys whose room is smaller.
 //
 // A row with an ordering key is claimed only while no earlier row of its
 // (handler key, ordering key) is unfinished or parked dead: the first of
@@ -150,7 +152,10 @@ const pausedSQL = `SELECT FROM inbox_pauses s WHERE s.event_type IN ('', p.t) AN
 // key $12[i], at most $13[i] rows in progress across every worker, those
 // counted included. It runs after limitLockSQL took the limited keys'
 // locks, in a new snapshot: the claims of a limited key take turns, and
-// each sees every row the others claimed.
+// each sees every row the others claimed. A key with no room left is not
+// looked at at all, so that its backlog, however old, never fills the
+// claim's window and holds up the other handlers' rows; a key with some
+// room may have more rows locked than it can take, released at commit.
 var claimSQL = claimWith(false, false)
 
 var claimCappedSQL = claimWith(true, false)
@@ -165,20 +170,23 @@ func claimWith(capped, limited bool) string {
 		// A blocked row would count against its handler's global limit.
 		unlimited = " AND handler_key <> ALL ($12::text[])"
 	}
+	with, full := "WITH ", ""
 	if capped {
-		room, within, byKey := "", "", ""
+		within, byKey := "", ""
 		if limited {
-			room = `, room AS MATERIALIZED (
+			with = `WITH room AS MATERIALIZED (
     SELECT l.k, greatest(l.n - (SELECT count(*) FROM inbox_records r
                                 WHERE r.handler_key = l.k AND r.status = 'progress'), 0) AS n
     FROM unnest($12::text[], $13::int[]) AS l(k, n)
-)`
+), `
+			full = `
+      AND handler_key <> ALL (ARRAY(SELECT k FROM room WHERE n = 0))`
 			within = `
       AND d.nth_key <= coalesce((SELECT n FROM room WHERE room.k = d.handler_key), d.nth_key)`
 			byKey = `,
                row_number() OVER (PARTITION BY handler_key ORDER BY due_at) AS nth_key`
 		}
-		from, picked = "picked", room+`, picked AS MATERIALIZED (
+		from, picked = "picked", `, picked AS MATERIALIZED (
     SELECT d.* FROM (
         SELECT due.*, row_number() OVER (PARTITION BY event_type, handler_key ORDER BY due_at) AS nth`+byKey+`
         FROM due
@@ -189,12 +197,12 @@ func claimWith(capped, limited bool) string {
 )`
 	}
 	return `
-WITH due AS MATERIALIZED (
+` + with + `due AS MATERIALIZED (
     SELECT ctid, event_id, handler_key, event_type, status, due_at, octet_length(payload) AS size,
            ordering_key, seq, attempts < max_attempts AS lives
     FROM inbox_records AS f
     WHERE status IN ('', 'failed', 'progress')
-      AND due_at <= now()
+      AND due_at <= now()` + full + `
       AND (event_type, handler_key) IN (SELECT * FROM unnest($1::text[], $2::text[]) AS p(t, k)
                                         WHERE NOT EXISTS (` + pausedSQL + `))
       AND (ordering_key IS NULL OR NOT EXISTS (
@@ -244,7 +252,7 @@ SELECT * FROM claimed`
 // rechecks that each row still waits.
 const chainSQL = `, heads AS MATERIALIZED (
     SELECT ctid, handler_key, ordering_key, seq, due_at FROM {from}
-    WHERE ordering_key IS NOT NULL AND lives AND $9::int > 0{unlimited}
+    WHERE ordering_key IS NOT NULL AND lives AND $10::int > 0{unlimited}
 ), run AS MATERIALIZED (
     SELECT ctid, size, head, n FROM (
         SELECT x.*, h.ctid AS head, h.due_at,
@@ -583,8 +591,9 @@ const (
 // key $2[i]) if it waits: the row after one that finished. With $3[i], the
 // key's dead rows first leave its order (their ordering key is cleared), so
 // that the key moves on past them: an operator's skip, or a handler that
-// moves on past dead rows. Run it after orderLockSQL took the keys, in a
-// statement of its own: its snapshot then holds every row that Sets of
+// moves on past dead rows. Run it after orderLockSQL (or orderLockOnlySQL)
+// took the keys, in a statement of its own: its snapshot then holds every
+// row that Sets of
 // these keys committed, and no Set of them runs until this transaction
 // ends. Whichever of a Set and a finish takes a key's lock second sees
 // what the first did: the Set stores its row due when the row before it
