@@ -140,10 +140,9 @@ func (a *Admin) Delete(ctx context.Context, f Filter, opts ActionOptions) (Actio
 	}
 	if n > 0 && !opts.DryRun {
 		// Rows of ordering keys may have been the first of their key.
-		if _, err := promoteStranded(ctx, a.db); err != nil {
+		if _, err := promoteStranded(ctx, a.db, true); err != nil {
 			return ActionResult{Changed: n}, fmt.Errorf("inbox: delete: make the next rows of ordering keys due: %w", err)
 		}
-		a.wake(ctx)
 	}
 	return ActionResult{Changed: n}, nil
 }
@@ -320,7 +319,7 @@ func (a *Admin) Purge(ctx context.Context, opts PurgeOptions, progress func(Purg
 	if err != nil {
 		return res, fmt.Errorf("inbox: purge: history: %w", err)
 	}
-	if _, err := promoteStranded(ctx, a.db); err != nil {
+	if _, err := promoteStranded(ctx, a.db, true); err != nil {
 		return res, fmt.Errorf("inbox: purge: make the next rows of ordering keys due: %w", err)
 	}
 	return res, nil

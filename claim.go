@@ -161,15 +161,16 @@ func (r *retryTimes) due(now time.Time) {
 }
 
 // claim claims the rows plan allows and hands them to the owner. It
-// returns how many rows the claim locked, which is at least as many as it
-// claimed.
+// returns how many due rows the claim locked: plan.n says that more may be
+// due. (The rows of a chain, claimed behind the first row of their key,
+// are not counted.)
 func (w *worker) claim(plan claimPlan) (int, error) {
 	var locked int
 	var jobs []*job
 	var died []DeadRecord
 	var diedClaims []int
 	sql, args := claimSQL, []any{plan.types, plan.keys, plan.n, claimBudget.Load(), pgUUID(w.id),
-		w.cfg.lease.Milliseconds(), lostAttemptText, w.deadBy, plan.follow, plan.followers}
+		w.cfg.lease.Milliseconds(), lostAttemptText, w.deadBy, chainLength, plan.followers}
 	var before []stmt
 	switch {
 	case plan.limitKeys != nil:

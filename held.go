@@ -188,9 +188,9 @@ type claimPlan struct {
 	// each once, and limits their limits; nil for none.
 	limitKeys []string
 	limits    []int32
-	// follow is how many rows of an ordering key the claim may lease
-	// behind each first row of a key it claims, followers how many in all.
-	follow, followers int
+	// followers is how many rows the claim may lease behind the first
+	// rows of ordering keys it claims, chainLength at most behind each.
+	followers int
 }
 
 // chainLength is how many rows of an ordering key a claim leases behind
@@ -231,9 +231,6 @@ func (h *held) plan(batch, minClaim int) (claimPlan, bool) {
 		if r.globalLimit > 0 {
 			p.limit(r.key, r.globalLimit)
 		}
-	}
-	if p.followers > 0 {
-		p.follow = chainLength
 	}
 	return p, len(p.types) > 0
 }

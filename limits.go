@@ -35,8 +35,13 @@ func (i *Inbox) ensureProgressIndex(ctx context.Context) error {
 		// A session lock means nothing behind a transaction pooler: build
 		// it, and take another instance's build for this one's.
 		_, err := i.db.exec(ctx, createProgressIndexSQL)
-		if _, exists, qerr := i.progressIndex(ctx); err != nil && (qerr != nil || !exists) {
+		valid, exists, qerr := i.progressIndex(ctx)
+		switch {
+		case err != nil && (qerr != nil || !exists):
 			return fmt.Errorf("build the index of rows in progress: %w", err)
+		case qerr == nil && exists && !valid:
+			// IF NOT EXISTS leaves the leftover of a failed build as it is.
+			i.cfg.logger.Warn("inbox: index inbox_records_progress_idx is invalid (being built by another instance, or left by a build that failed); if it stays so, claims of handlers with a global concurrency limit count rows in progress without it, more slowly: run " + dropProgressIndexSQL + " and start an Inbox again")
 		}
 		return nil
 	}

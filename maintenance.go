@@ -124,7 +124,7 @@ func (w *worker) retention(ctx context.Context) (err error) {
 	if _, err := pruneHistory(ctx, w.db, dedup); err != nil {
 		return fmt.Errorf("delete old history: %w", err)
 	}
-	if n, err := promoteStranded(ctx, w.db); err != nil {
+	if n, err := promoteStranded(ctx, w.db, w.cfg.notify); err != nil {
 		return fmt.Errorf("make the next rows of ordering keys due: %w", err)
 	} else if n > 0 {
 		w.log.Info("inbox: made due the next rows of ordering keys whose rows before were deleted", "keys", n)
@@ -139,8 +139,9 @@ const strandedBatch = 1000
 
 // promoteStranded makes due the first row of each ordering key that waits
 // with nothing before it (its predecessor was deleted), batch by batch,
-// each batch under its keys' locks. It returns how many keys it found.
-func promoteStranded(ctx context.Context, d db) (int, error) {
+// each batch under its keys' locks, waking idle workers if notify. It
+// returns how many keys it found.
+func promoteStranded(ctx context.Context, d db, notify bool) (int, error) {
 	total := 0
 	for {
 		var keys, orders []string
@@ -158,7 +159,7 @@ func promoteStranded(ctx context.Context, d db) (int, error) {
 		if len(keys) == 0 {
 			return total, nil
 		}
-		stmts := []stmt{{orderLockOnlySQL, []any{orders}}, {promoteSQL, []any{keys, orders, make([]bool, len(keys)), true, []*int64(nil)}}}
+		stmts := []stmt{{orderLockOnlySQL, []any{orders}}, {promoteSQL, []any{keys, orders, make([]bool, len(keys)), notify, []*int64(nil)}}}
 		if err := d.inTx(ctx, stmts, -1, nil); err != nil {
 			return total, err
 		}

@@ -19,7 +19,7 @@ func (w *worker) writeLoop() {
 	}
 }
 
-// write writes a batch of results in one statement: done, failed with its
+// write writes a batch of results (see complete): done, failed with its
 // next attempt, dead, or handed back unstarted. A TxHandler's committed
 // result is written already. It returns the rows written.
 func (w *worker) write(batch []*job) map[rowID]bool {
@@ -231,6 +231,9 @@ func (p *promotions) add(j *job, status string) {
 // taken over and finished elsewhere), the promotion from that row's place
 // on makes this one due.
 func (p *promotions) behind(j *job) {
+	if n := len(p.keys) - 1; n >= 0 && p.keys[n] == j.key && p.orders[n] == j.order && p.after[n] == j.res.behind-1 {
+		return // the chain's rows behind one row come one after the other
+	}
 	p.keys, p.orders, p.skip, p.after = append(p.keys, j.key), append(p.orders, j.order), append(p.skip, false), append(p.after, j.res.behind-1)
 }
 
