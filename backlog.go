@@ -135,8 +135,7 @@ type backlogNeed struct {
 // backpressure refuses a checked Set, before it writes anything, when
 // the backlog of one of its records' event types is at or over its
 // limit; otherwise it adds the Set's rows to the figures. A Set of
-// unlimited types only pays a map lookup per record. tx says whether the
-// Set is a SetTx, for the hook.
+// unlimited types only pays a map lookup per record.
 func (c *Client) backpressure(ctx context.Context, records []*Record) error {
 	b := c.backlog
 	if b == nil {

@@ -106,7 +106,7 @@ func (c *Client) SetTx(ctx context.Context, tx pgx.Tx, records ...*Record) error
 // record: new, duplicate, conflicting or skipped. It needs no extra round
 // trip when every record is new, and one more when some existed.
 func (c *Client) SetWithResult(ctx context.Context, records ...*Record) (SetResult, error) {
-	started := time.Now()
+	started := c.clock()
 	res, err := c.set(ctx, nil, records)
 	c.reportSet(ctx, res, len(records), false, started, err)
 	return res, err
@@ -114,13 +114,9 @@ func (c *Client) SetWithResult(ctx context.Context, records ...*Record) (SetResu
 
 // set checks records and stores them, in tx if not nil.
 func (c *Client) set(ctx context.Context, tx pgx.Tx, records []*Record) (SetResult, error) {
-	where := ""
-	if tx != nil {
-		where = " in transaction"
-	}
 	p, err := c.plan(records)
 	if err != nil {
-		return SetResult{}, c.setError(len(records), where, err)
+		return SetResult{}, err // bad input: a sentinel or a *RecordsError, as it is
 	}
 	if err := c.backpressure(ctx, records); err != nil {
 		return SetResult{}, err
@@ -129,6 +125,14 @@ func (c *Client) set(ctx context.Context, tx pgx.Tx, records []*Record) (SetResu
 		return c.setTxPlanned(ctx, tx, p, records)
 	}
 	return c.setPlanned(ctx, p, records)
+}
+
+// clock is when a Set starts, for the hooks: the zero time without them.
+func (c *Client) clock() time.Time {
+	if c.hooks == nil {
+		return time.Time{}
+	}
+	return time.Now()
 }
 
 // reportSet passes a Set, stored or refused, to the OnSet hooks.
@@ -158,7 +162,7 @@ func (c *Client) setPlanned(ctx context.Context, p *setPlan, records []*Record) 
 // SetTxWithResult is [Client.SetTx] with the result of
 // [Client.SetWithResult].
 func (c *Client) SetTxWithResult(ctx context.Context, tx pgx.Tx, records ...*Record) (SetResult, error) {
-	started := time.Now()
+	started := c.clock()
 	var res SetResult
 	err := ErrNilTx
 	if tx != nil {
