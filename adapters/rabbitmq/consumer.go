@@ -223,7 +223,7 @@ func (c *Consumer) handle(ctx context.Context, ch *amqp.Channel, closed <-chan *
 	}
 	pause := c.opts.RetryBackoff
 	for len(recs) > 0 {
-		err := c.set(ctx, recs)
+		err := c.client.Set(ctx, recs...)
 		if err == nil {
 			break
 		}
@@ -277,12 +277,6 @@ func (c *Consumer) handle(ctx context.Context, ch *amqp.Channel, closed <-chan *
 	return nil
 }
 
-// set stores recs with one Set.
-func (c *Consumer) set(ctx context.Context, recs []*inbox.Record) error {
-	err := c.client.Set(ctx, recs...)
-	return err
-}
-
 // refused dead-letters the deliveries of the records re names, each with
 // its own error, and returns the records and deliveries still to store and
 // acknowledge, and the error that lost the channel.
@@ -315,7 +309,7 @@ func (c *Consumer) isolate(ctx context.Context, ch *amqp.Channel, recs []*inbox.
 ) {
 	keptRecs, keptGood := recs[:0:0], good[:0:0]
 	for i, rec := range recs {
-		err := c.set(ctx, []*inbox.Record{rec})
+		err := c.client.Set(ctx, rec)
 		switch {
 		case err == nil:
 			keptRecs, keptGood = append(keptRecs, rec), append(keptGood, good[i])
