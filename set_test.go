@@ -7,10 +7,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pginbox/inbox"
 	"github.com/pginbox/inbox/internal/testenv"
@@ -193,7 +195,7 @@ func TestRejectConflicting(t *testing.T) {
 		}
 		err := c.SetTx(ctx, tx, testenv.Record(t, uuid.New(), "order", "new"), testenv.Record(t, stored, "order", "v3"))
 		if !errors.Is(err, inbox.ErrConflictingDuplicate) {
-			return errors.New("SetTx did not reject the conflict: " + err.Error())
+			return fmt.Errorf("SetTx did not reject the conflict: %v", err)
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO mine VALUES (2)`) // the transaction still works
 		return err
@@ -272,13 +274,40 @@ func equalResult(a, b inbox.SetResult) bool {
 	return true
 }
 
+// insertCounter counts the statements inserting into inbox_records that a
+// pool's connections run.
+type insertCounter struct{ n atomic.Int64 }
+
+func (c *insertCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if strings.HasPrefix(strings.TrimSpace(d.SQL), "INSERT INTO inbox_records") {
+		c.n.Add(1)
+	}
+	return ctx
+}
+
+func (c *insertCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
 // A Set of more than 16 MiB is split into several statements in one
 // transaction: all rows are stored, and a conflict found in a later chunk
 // under RejectConflicting undoes the earlier chunks too.
 func TestLargeSetIsSplitAtomically(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := testenv.MigratedPool(t)
+	inserts := &insertCounter{}
+	cfg, err := pgxpool.ParseConfig(testenv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = testenv.Schema(t)
+	cfg.ConnConfig.Tracer = inserts
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := inbox.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
 	reg := inbox.NewRegistry()
 	reg.On("big", inbox.HandlerFunc("a", badNoop), inbox.HandlerFunc("b", badNoop))
 	ib, err := inbox.New(pool, reg, inbox.WithConflictingDuplicates(inbox.RejectConflicting), inbox.WithLogger(testenv.Logger(t)))
@@ -290,9 +319,13 @@ func TestLargeSetIsSplitAtomically(t *testing.T) {
 	for range 12 { // 12 records × 2 handlers × 1 MiB: two statements
 		recs = append(recs, testenv.Record(t, uuid.New(), "big", payload))
 	}
+	inserts.n.Store(0)
 	res, err := ib.Client().SetWithResult(ctx, recs...)
 	if err != nil || res.New != 12 || res.Rows != 24 {
 		t.Fatalf("SetWithResult = %+v, %v; want 12 new records, 24 rows", res, err)
+	}
+	if n := inserts.n.Load(); n < 2 {
+		t.Fatalf("the 24 MiB Set ran %d INSERT statements, want it split in several", n)
 	}
 	// A new batch whose last record conflicts with a stored one: nothing of
 	// it is stored, though its first chunk was sent first.

@@ -87,13 +87,16 @@ func Run(t *testing.T, name string, run func(ctx context.Context, args []string,
 	case <-time.After(30 * time.Second):
 		t.Fatal("run did not return within 30s of being stopped")
 	}
-	// Every event was stored once, whatever the duplicates published.
-	var rows, events int
-	if err := pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT event_id) FROM inbox_records`).Scan(&rows, &events); err != nil {
+	// Both handlers have a row of every event stored, and no attempt
+	// failed: an order the duplicates published had applied twice would
+	// have failed on the orders table's key.
+	var rows, events, failed int
+	if err := pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT event_id), count(*) FILTER (WHERE status IN ('failed', 'dead') OR attempts > 1)
+		FROM inbox_records`).Scan(&rows, &events, &failed); err != nil {
 		t.Fatal(err)
 	}
-	if rows != 2*events {
-		t.Errorf("%d rows for %d events, want two per event", rows, events)
+	if rows != 2*events || failed != 0 {
+		t.Errorf("%d rows for %d events, %d with a failed attempt; want two per event, none failed", rows, events, failed)
 	}
 	if s := out.String(); !strings.Contains(s, "inbox stopped") {
 		t.Errorf("output lacks the graceful stop:\n%s", s)
