@@ -335,12 +335,12 @@ func ExampleWithMaxBacklog() {
 	}
 	defer ib.Stop(ctx)
 	rec, _ := inbox.NewRecord(uuid.New(), "order_created", []byte(`{}`))
-	for { // the consumer retrying the message it did not ack
+	for deadline := time.Now().Add(time.Minute); ; { // the consumer retrying the message it did not ack
 		err := ib.Client().Set(ctx, rec)
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, inbox.ErrBacklogFull) {
+		if !errors.Is(err, inbox.ErrBacklogFull) || time.Now().After(deadline) {
 			fmt.Println(err)
 			return
 		}
@@ -453,8 +453,12 @@ func ExampleRecord_WithOrderingKey() {
 		}
 		return nil
 	}))
-	ib, _ := inbox.New(pool, registry, inbox.WithLogger(slog.New(slog.DiscardHandler)),
+	ib, err := inbox.New(pool, registry, inbox.WithLogger(slog.New(slog.DiscardHandler)),
 		inbox.WithRetryBackoff(10*time.Millisecond, 10*time.Millisecond), inbox.WithIterationRate(20*time.Millisecond))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	var recs []*inbox.Record
 	for _, p := range []string{"open", "deposit 10", "withdraw 5"} {
 		r, _ := inbox.NewRecord(uuid.New(), "account_changed", []byte(p))
@@ -464,7 +468,10 @@ func ExampleRecord_WithOrderingKey() {
 		fmt.Println(err)
 		return
 	}
-	_ = ib.Start(ctx)
+	if err := ib.Start(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
 	defer ib.Stop(ctx)
 	select {
 	case <-all:
