@@ -161,12 +161,15 @@ func (a *Admin) backfillBatch(ctx context.Context, spec BackfillSpec, after uuid
 		res.Created = int64(len(todo))
 		return res, nil
 	}
+	var first promotions // of the keys of the rows created
+	for _, o := range orders {
+		first.key(spec.HandlerKey, o, false, fromStart)
+	}
+	lock, promote := first.stmts(false) // no worker runs the handler's rows yet, or it polls
 	err = pgx.BeginFunc(ctx, a.db.pool, func(tx pgx.Tx) error {
 		res.Created = 0
-		if orders != nil {
-			if _, err := tx.Exec(ctx, orderLockOnlySQL, a.db.args([]any{orders})...); err != nil {
-				return err
-			}
+		if err := execAll(ctx, tx, a.db, lock); err != nil {
+			return err
 		}
 		rows, err := tx.Query(ctx, backfillSQL, a.db.args([]any{todo, spec.HandlerKey, spec.MaxAttempts, spec.EventType})...)
 		if err != nil {
@@ -175,15 +178,7 @@ func (a *Admin) backfillBatch(ctx context.Context, spec BackfillSpec, after uuid
 		if _, err := pgx.ForEachRow(rows, []any{&order}, func() error { res.Created++; return nil }); err != nil {
 			return err
 		}
-		if orders == nil {
-			return nil
-		}
-		keys := make([]string, len(orders))
-		for i := range keys {
-			keys[i] = spec.HandlerKey
-		}
-		_, err = tx.Exec(ctx, promoteSQL, a.db.args([]any{keys, orders, make([]bool, len(keys)), false, []*int64(nil)})...)
-		return err
+		return execAll(ctx, tx, a.db, promote)
 	})
 	return res, err
 }

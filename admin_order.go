@@ -70,16 +70,18 @@ func (a *Admin) SkipParked(ctx context.Context, handlerKey, orderingKey string, 
 		}
 		return ActionResult{Changed: n}, nil
 	}
+	var skip promotions
+	skip.key(handlerKey, orderingKey, true, fromStart)
+	lock, promote := skip.stmts(false)
 	var skipped, promoted int64
 	err := pgx.BeginFunc(ctx, a.db.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, orderLockOnlySQL, a.db.args([]any{[]string{orderingKey}})...); err != nil {
+		if err := execAll(ctx, tx, a.db, lock); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, skipHistorySQL, a.db.args([]any{handlerKey, orderingKey, sanitize(opts.Actor), boundText(opts.Reason)})...); err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, promoteSQL, a.db.args([]any{[]string{handlerKey}, []string{orderingKey}, []bool{true}, false, []*int64(nil)})...).
-			Scan(&skipped, &promoted, nil)
+		return tx.QueryRow(ctx, promote[0].sql, a.db.args(promote[0].args)...).Scan(&skipped, &promoted, nil)
 	})
 	if err != nil {
 		return ActionResult{}, fmt.Errorf("inbox: skip parked key: %w", err)

@@ -217,8 +217,8 @@ func (w *worker) claim(plan claimPlan) (int, error) {
 				}
 				died = append(died, DeadRecord{EventID: rid.id, EventType: ro.eventType, HandlerKey: ro.key, Attempts: attempt, Err: err})
 				diedClaims = append(diedClaims, claims)
-				if order.Valid {
-					moveOn.add(&job{rowID: rid, route: ro, order: order.String, seq: seq.Int64}, string(Dead))
+				if order.Valid && ro.movesOn {
+					moveOn.key(ro.key, order.String, true, seq.Int64)
 				}
 				return nil
 			}

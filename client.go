@@ -400,19 +400,16 @@ func (p *setPlan) store(ctx context.Context, c *Client, q querier) error {
 // promote makes due the first row of each (handler key, ordering key) the
 // call inserted rows of, if nothing is before it.
 func (p *setPlan) promote(ctx context.Context, c *Client, q querier) error {
-	var keys, orders []string
+	var first promotions
 	seen := make(map[[2]string]bool)
 	for _, r := range p.rows {
 		if r.inserted && r.order != "" && !seen[[2]string{r.route.key, r.order}] {
 			seen[[2]string{r.route.key, r.order}] = true
-			keys, orders = append(keys, r.route.key), append(orders, r.order)
+			first.key(r.route.key, r.order, false, fromStart)
 		}
 	}
-	if keys == nil {
-		return nil
-	}
-	_, err := q.Exec(ctx, promoteSQL, c.db.args([]any{keys, orders, make([]bool, len(keys)), c.notify, []*int64(nil)})...)
-	if err != nil {
+	_, promote := first.stmts(c.notify) // the call took the keys' locks already
+	if err := execAll(ctx, q, c.db, promote); err != nil {
 		return fmt.Errorf("make the first rows of their ordering keys due: %w", err)
 	}
 	return nil

@@ -144,27 +144,28 @@ const strandedBatch = 1000
 func promoteStranded(ctx context.Context, d db, notify bool) (int, error) {
 	total := 0
 	for {
-		var keys, orders []string
+		var stranded promotions
 		rows, err := d.query(ctx, strandedSQL, strandedBatch)
 		if err != nil {
 			return total, err
 		}
 		var k, o string
 		if _, err := pgx.ForEachRow(rows, []any{&k, &o}, func() error {
-			keys, orders = append(keys, k), append(orders, o)
+			stranded.key(k, o, false, fromStart)
 			return nil
 		}); err != nil {
 			return total, err
 		}
-		if len(keys) == 0 {
+		n := len(stranded.keys)
+		if n == 0 {
 			return total, nil
 		}
-		stmts := []stmt{{orderLockOnlySQL, []any{orders}}, {promoteSQL, []any{keys, orders, make([]bool, len(keys)), notify, []*int64(nil)}}}
-		if err := d.inTx(ctx, stmts, -1, nil); err != nil {
+		lock, promote := stranded.stmts(notify)
+		if err := d.inTx(ctx, append(lock, promote...), -1, nil); err != nil {
 			return total, err
 		}
-		total += len(keys)
-		if len(keys) < strandedBatch {
+		total += n
+		if n < strandedBatch {
 			return total, nil
 		}
 	}

@@ -302,9 +302,9 @@ func goid() uint64 {
 }
 
 // execAll runs the statements in tx.
-func execAll(ctx context.Context, tx pgx.Tx, d db, stmts []stmt) error {
+func execAll(ctx context.Context, q querier, d db, stmts []stmt) error {
 	for _, s := range stmts {
-		if _, err := tx.Exec(ctx, s.sql, d.args(s.args)...); err != nil {
+		if _, err := q.Exec(ctx, s.sql, d.args(s.args)...); err != nil {
 			return err
 		}
 	}

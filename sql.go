@@ -598,11 +598,11 @@ const (
 // ends. Whichever of a Set and a finish takes a key's lock second sees
 // what the first did: the Set stores its row due when the row before it
 // finished, or the finish makes the Set's row due. With $4, a row made due
-// notifies idle workers (at commit). $5[i], when not NULL, is the seq of
-// the row of key i that finished: the lookup of the next starts after it,
-// not at the key's first rows (finished rows leave entries in the order
-// index until vacuum removes them). A row before it that is unfinished (a
-// replayed one) still holds the next back: the claim checks.
+// notifies idle workers (at commit). The lookup of key i's row starts
+// after seq $5[i] (-1: at the key's first row): after the row that
+// finished, not at the key's first rows (finished rows leave entries in
+// the order index until vacuum removes them). A row before it that is
+// unfinished (a replayed one) still holds the next back: the claim checks.
 var promoteSQL = `
 WITH k AS MATERIALIZED (
     SELECT DISTINCT h, o, skip, after
@@ -620,7 +620,7 @@ WITH k AS MATERIALIZED (
 ), head AS MATERIALIZED (
     SELECT (SELECT r.ctid FROM inbox_records r
             WHERE r.handler_key = k.h AND r.ordering_key = k.o AND r.status <> 'done'
-              AND r.seq > coalesce(k.after, -1)
+              AND r.seq > k.after
               AND NOT (k.skip AND r.status = 'dead')
             ORDER BY r.seq LIMIT 1) AS row_ctid
     FROM k

@@ -202,26 +202,38 @@ func (w *worker) complete(ctids []pgtype.TID, ids []pgtype.UUID, keys []string, 
 	return written, err
 }
 
-// promotions are the ordering keys whose next row a write makes due: of
-// rows done, and of rows dead under a handler that moves on past dead rows
-// (their key then leaves their order). A parked key (a dead row, by
-// default) makes nothing due.
+// promotions are the (handler key, ordering key) pairs whose first
+// waiting row a transaction makes due, under their keys' locks: the keys
+// of rows finished by a write, of rows stored by a Set or a backfill, of
+// keys an operator skips or maintenance finds stranded. Everyone who makes
+// rows due builds them here.
 type promotions struct {
 	keys, orders []string
-	skip         []bool
-	after        []int64 // the finished rows' seq
+	skip         []bool  // the key's dead rows leave its order first
+	after        []int64 // the lookup of the row to make due starts after this seq
 }
 
-// add notes the key of job j, written with status.
+// fromStart is the after of a promotion that looks from a key's first row.
+const fromStart = -1
+
+// key notes a promotion of (handler key, ordering key).
+func (p *promotions) key(handlerKey, order string, skip bool, after int64) {
+	p.keys, p.orders, p.skip, p.after = append(p.keys, handlerKey), append(p.orders, order), append(p.skip, skip), append(p.after, after)
+}
+
+// add notes the key of job j, written with status: of a row done, and of
+// a row dead under a handler that moves on past dead rows (its key then
+// leaves its order). A parked key (a dead row, by default) makes nothing
+// due.
 func (p *promotions) add(j *job, status string) {
 	if j.order == "" {
 		return
 	}
 	switch {
 	case status == string(Done):
-		p.keys, p.orders, p.skip, p.after = append(p.keys, j.key), append(p.orders, j.order), append(p.skip, false), append(p.after, j.seq)
+		p.key(j.key, j.order, false, j.seq)
 	case status == string(Dead) && j.route.movesOn:
-		p.keys, p.orders, p.skip, p.after = append(p.keys, j.key), append(p.orders, j.order), append(p.skip, true), append(p.after, j.seq)
+		p.key(j.key, j.order, true, j.seq)
 	}
 }
 
@@ -234,7 +246,7 @@ func (p *promotions) behind(j *job) {
 	if n := len(p.keys) - 1; n >= 0 && p.keys[n] == j.key && p.orders[n] == j.order && p.after[n] == j.res.behind-1 {
 		return // the chain's rows behind one row come one after the other
 	}
-	p.keys, p.orders, p.skip, p.after = append(p.keys, j.key), append(p.orders, j.order), append(p.skip, false), append(p.after, j.res.behind-1)
+	p.key(j.key, j.order, false, j.res.behind-1)
 }
 
 // stmts returns the statement that locks the keys, to run before the rows
