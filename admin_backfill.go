@@ -165,19 +165,16 @@ func (a *Admin) backfillBatch(ctx context.Context, spec BackfillSpec, after uuid
 	for _, o := range orders {
 		first.key(spec.HandlerKey, o, false, fromStart)
 	}
-	lock, promote := first.stmts(false) // no worker runs the handler's rows yet, or it polls
+	lock, promote := first.stmts(false) // Backfill wakes the workers once the batch committed
 	err = pgx.BeginFunc(ctx, a.db.pool, func(tx pgx.Tx) error {
-		res.Created = 0
 		if err := execAll(ctx, tx, a.db, lock); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, backfillSQL, a.db.args([]any{todo, spec.HandlerKey, spec.MaxAttempts, spec.EventType})...)
+		tag, err := tx.Exec(ctx, backfillSQL, a.db.args([]any{todo, spec.HandlerKey, spec.MaxAttempts, spec.EventType})...)
 		if err != nil {
 			return err
 		}
-		if _, err := pgx.ForEachRow(rows, []any{&order}, func() error { res.Created++; return nil }); err != nil {
-			return err
-		}
+		res.Created = tag.RowsAffected()
 		return execAll(ctx, tx, a.db, promote)
 	})
 	return res, err

@@ -695,7 +695,6 @@ LIMIT $5`
 // rows that still holds the payload: same payload, event date, trace
 // context and place in its ordering key's order. A row with an ordering key
 // is stored waiting, as Set stores it; promoteSQL makes the first due.
-// It returns the ordering key (or NULL) of each row stored.
 const backfillSQL = `
 INSERT INTO inbox_records (event_id, handler_key, event_type, payload, payload_hash, max_attempts, event_date, trace_context,
                            ordering_key, seq, due_at)
@@ -704,8 +703,7 @@ SELECT DISTINCT ON (event_id) event_id, $2, event_type, payload, payload_hash, $
 FROM inbox_records
 WHERE event_id = ANY ($1::uuid[]) AND event_type = $4 AND payload IS NOT NULL
 ORDER BY event_id, created_at
-ON CONFLICT (event_id, handler_key) DO NOTHING
-RETURNING ordering_key`
+ON CONFLICT (event_id, handler_key) DO NOTHING`
 
 // Operations ([Admin]).
 
