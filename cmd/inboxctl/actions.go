@@ -395,17 +395,14 @@ func (c *call) purge(ctx context.Context, g guard, days, payloadDays int) error 
 		return err
 	}
 	var progress func(inbox.PurgeResult)
-	shown := false
+	line := c.progressLine()
 	if c.showProgress {
 		progress = func(p inbox.PurgeResult) {
-			shown = true
-			fmt.Fprintf(c.stderr, "\rpurge: %d rows deleted, %d payloads erased", p.RowsDeleted, p.PayloadsErased)
+			line("purge: %d rows deleted, %d payloads erased", p.RowsDeleted, p.PayloadsErased)
 		}
 	}
 	r, err := admin.Purge(ctx, inbox.PurgeOptions{RetentionDays: days, PayloadRetentionDays: payloadDays}, progress)
-	if shown {
-		fmt.Fprintln(c.stderr)
-	}
+	line("")
 	res.RowsDeleted, res.PayloadsErased, res.HistoryDeleted = r.RowsDeleted, r.PayloadsErased, r.HistoryDeleted
 	if rerr := c.report(res, fmt.Sprintf("deleted %s, erased %s, deleted %s",
 		plural(r.RowsDeleted, "row"), plural(r.PayloadsErased, "payload"), plural(r.HistoryDeleted, "history entry"))); rerr != nil && err == nil {

@@ -213,24 +213,3 @@ func shellQuote(s string) string {
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
-
-// progressLine returns a function that shows a line of progress on a
-// terminal's stderr, rewriting it in place; line("") ends it. It does
-// nothing when stderr is not a terminal.
-func (c *call) progressLine() func(format string, args ...any) {
-	shown := false
-	return func(format string, args ...any) {
-		if !c.showProgress {
-			return
-		}
-		if format == "" {
-			if shown {
-				fmt.Fprintln(c.stderr)
-			}
-			shown = false
-			return
-		}
-		shown = true
-		fmt.Fprintf(c.stderr, "\r"+format, args...)
-	}
-}

@@ -87,15 +87,27 @@ func (c *call) progress(verb string, total int64) (update func(done int64), end 
 	if !c.showProgress {
 		return nil, func() {}
 	}
+	line := c.progressLine()
+	return func(done int64) { line("%s %d of %d rows", verb, done, total) }, func() { line("") }
+}
+
+// progressLine returns a function that shows a line of progress on a
+// terminal's stderr, rewriting it in place; line("") ends it. It does
+// nothing when stderr is not a terminal.
+func (c *call) progressLine() func(format string, args ...any) {
 	shown := false
-	update = func(done int64) {
-		shown = true
-		fmt.Fprintf(c.stderr, "\r%s %d of %d rows", verb, done, total)
-	}
-	end = func() {
-		if shown {
-			fmt.Fprintln(c.stderr)
+	return func(format string, args ...any) {
+		if !c.showProgress {
+			return
 		}
+		if format == "" {
+			if shown {
+				fmt.Fprintln(c.stderr)
+			}
+			shown = false
+			return
+		}
+		shown = true
+		fmt.Fprintf(c.stderr, "\r"+format, args...)
 	}
-	return update, end
 }
