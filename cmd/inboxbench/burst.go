@@ -88,7 +88,7 @@ func (b *bench) burst(ctx context.Context) error {
 		pool   *pgxpool.Pool
 		schema string
 	}{{libPool, burstLibSchema}, {floorPool, burstFloorSchema}} {
-		if _, err := s.pool.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{s.schema}.Sanitize()+" CASCADE"); err != nil {
+		if err := dropSchema(ctx, s.pool, s.schema); err != nil {
 			return err
 		}
 	}

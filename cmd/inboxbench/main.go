@@ -377,15 +377,22 @@ func (b *bench) schemaPool(ctx context.Context, schema string, migrate bool) (*p
 	return pool, nil
 }
 
+// dropSchema drops schema, if it exists, with all it holds.
+func dropSchema(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	if _, err := pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+		return fmt.Errorf("drop schema %s: %w", schema, err)
+	}
+	return nil
+}
+
 // newSchema creates schema, dropping any earlier one with all it holds,
 // and if migrate, migrates the inbox into it through pool (whose
 // search_path must be schema). Its tables have no statistics yet.
 func newSchema(ctx context.Context, pool *pgxpool.Pool, schema string, migrate bool) error {
-	id := pgx.Identifier{schema}.Sanitize()
-	if _, err := pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+id+" CASCADE"); err != nil {
-		return fmt.Errorf("drop schema %s: %w", schema, err)
+	if err := dropSchema(ctx, pool, schema); err != nil {
+		return err
 	}
-	if _, err := pool.Exec(ctx, "CREATE SCHEMA "+id); err != nil {
+	if _, err := pool.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
 		return fmt.Errorf("create schema %s: %w", schema, err)
 	}
 	if migrate {

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pginbox/inbox"
@@ -182,13 +181,6 @@ func (b *bench) ordered(ctx context.Context) error {
 	}
 	kept.Close()
 	return dropSchema(ctx, b.lib, orderedSchema)
-}
-
-func dropSchema(ctx context.Context, pool *pgxpool.Pool, schema string) error {
-	if _, err := pool.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-		return fmt.Errorf("drop schema %s: %w", schema, err)
-	}
-	return nil
 }
 
 // orderedRunAll runs each runner once per repetition, n events each, in an order
