@@ -96,13 +96,14 @@ func BenchmarkThroughput(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		rctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- c.Run(rctx) }()
+		stop := run(b, c)
 		err = testenv.Poll(within, func() (bool, error) { return c.Stats().Committed >= int64(n), nil })
-		cancel()
-		if rerr := <-done; rerr != nil || err != nil {
-			b.Fatalf("consumer: %v; Run: %v", err, rerr)
+		stop() // reports an error of Run on b
+		if err != nil {
+			b.Fatalf("consumer: %v", err)
+		}
+		if b.Failed() { // Run returned an error
+			b.FailNow()
 		}
 		storedSoFar += n
 		if got, err := stored(ctx, pool); err != nil || got != storedSoFar {

@@ -102,15 +102,16 @@ func benchInbox(b *testing.B, n int) time.Duration {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
 	start := time.Now()
-	go func() { done <- c.Run(ctx) }()
+	stop := e.run(c)
 	err = testenv.Poll(5*time.Minute, func() (bool, error) { return c.Stats().Acked >= int64(n), nil })
 	d := time.Since(start)
-	cancel()
-	if runErr := <-done; err != nil || runErr != nil {
-		b.Fatalf("waiting for %d acks: %v; Run: %v; %+v", n, err, runErr, c.Stats())
+	stop() // reports an error of Run on b
+	if err != nil {
+		b.Fatalf("waiting for %d acks: %v; %+v", n, err, c.Stats())
+	}
+	if b.Failed() { // Run returned an error
+		b.FailNow()
 	}
 	if rows := e.rows(); rows != n {
 		b.Fatalf("%d rows stored, want %d", rows, n)

@@ -175,9 +175,10 @@ func (e *env) consumer(client *inbox.Client, o inboxnats.Options) *inboxnats.Con
 	return c
 }
 
-// run runs c until t ends; the cleanup waits for Run to return.
-func (e *env) run(c *inboxnats.Consumer) {
-	testenv.Background(e.t, c.Run)
+// run runs c until the returned stop, or the end of t; either waits for
+// Run to return.
+func (e *env) run(c *inboxnats.Consumer) (stop func()) {
+	return testenv.Background(e.t, c.Run)
 }
 
 // writer returns a client of an inbox on pool with the test's registry,

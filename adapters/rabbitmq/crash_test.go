@@ -97,10 +97,7 @@ func stream(n int) ([]amqp.Publishing, []uuid.UUID) {
 // 3,000 messages and 6 kills; INBOX_KILL_FULL=1 makes it 10,000 and 12.
 func TestKilledRepeatedly(t *testing.T) {
 	t.Parallel()
-	total, rounds := 3000, 6
-	if os.Getenv("INBOX_KILL_FULL") == "1" {
-		total, rounds = 10000, 12
-	}
+	total, rounds := testenv.KillSize()
 	r := newRig(t)
 	schema := testenv.Schema(t)
 	pool := testenv.SchemaPool(t, schema, 10)
@@ -145,7 +142,7 @@ func TestKilledRepeatedly(t *testing.T) {
 	if n, err := r.unacked(r.queue); err != nil || n != 0 {
 		t.Fatalf("%d messages unacknowledged on RabbitMQ (%v), want 0", n, err)
 	}
-	checkStoredOnce(t, pool, ids)
+	testenv.StoredOnce(t, pool, ids, 1)
 	var effects, distinct int
 	if err := pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT event_id) FROM effects`).Scan(&effects, &distinct); err != nil {
 		t.Fatal(err)
@@ -155,22 +152,6 @@ func TestKilledRepeatedly(t *testing.T) {
 	}
 	t.Logf("after %d kills: %d left for the last consumer, which acknowledged %d (%+v); %d events stored once, %d effects",
 		rounds, left, c.Stats().Acked, c.Stats(), total, effects)
-}
-
-// checkStoredOnce fails t unless the inbox of pool holds exactly one row
-// for each of ids and no other.
-func checkStoredOnce(t *testing.T, pool *pgxpool.Pool, ids []uuid.UUID) {
-	t.Helper()
-	var n, distinct, published int
-	err := pool.QueryRow(context.Background(),
-		`SELECT count(*), count(DISTINCT event_id), count(*) FILTER (WHERE event_id = ANY($1)) FROM inbox_records`,
-		ids).Scan(&n, &distinct, &published)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n != len(ids) || distinct != len(ids) || published != len(ids) {
-		t.Fatalf("%d rows for %d distinct events, %d of them published; want %d of each", n, distinct, published, len(ids))
-	}
 }
 
 // gatedDialer is a dialRecorder that refuses to dial while shut.
@@ -224,16 +205,13 @@ func TestPostgresStoppedMidStream(t *testing.T) {
 	if err := cluster.Stop(ctx, "fast"); err != nil {
 		t.Fatal(err)
 	}
-	down, before := time.Now(), c.Stats()
-	err = testenv.Poll(downFor+time.Minute, func() (bool, error) {
+	before := c.Stats()
+	testenv.Hold(t, downFor, "PostgreSQL is down", func() error {
 		if s := c.Stats(); s.Acked != before.Acked {
-			return false, fmt.Errorf("%d messages acknowledged while PostgreSQL was down", s.Acked-before.Acked)
+			return fmt.Errorf("%d messages acknowledged while PostgreSQL was down", s.Acked-before.Acked)
 		}
-		return time.Since(down) >= downFor, nil
+		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if s := c.Stats(); s.SetFailures <= before.SetFailures {
 		t.Fatalf("no Set failed while PostgreSQL was down: stats %+v", s)
 	}
@@ -275,6 +253,6 @@ func TestPostgresStoppedMidStream(t *testing.T) {
 	if n, err := r.unacked(r.queue); err != nil || n != 0 {
 		t.Fatalf("%d messages unacknowledged on RabbitMQ (%v), want 0", n, err)
 	}
-	checkStoredOnce(t, pool, ids)
+	testenv.StoredOnce(t, pool, ids, 1)
 	t.Logf("%d stored and %d acknowledged when PostgreSQL stopped, %d left; stats %+v", stored, acked, ready, c.Stats())
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -61,15 +60,6 @@ func runChild(s childSpec) error {
 	return c.Run(context.Background())
 }
 
-// killSize returns the number of messages and of kill rounds: 3,000 and
-// 6, or 10,000 and 12 with INBOX_KILL_FULL=1.
-func killSize() (total, rounds int) {
-	if os.Getenv("INBOX_KILL_FULL") == "1" {
-		return 10000, 12
-	}
-	return 3000, 6
-}
-
 // unacked returns how many entries of stream the group has not
 // acknowledged: those pending with its consumers and those not yet
 // delivered (its lag), from one XINFO GROUPS. Before the group exists,
@@ -107,7 +97,7 @@ func unacked(rdb *redis.Client, stream, group string) (int, error) {
 // INBOX_KILL_FULL=1 runs it with 10,000 messages and 12 rounds.
 func TestKilledRepeatedly(t *testing.T) {
 	t.Parallel()
-	total, rounds := killSize()
+	total, rounds := testenv.KillSize()
 	rdb, prefix := newRedis(t)
 	schema, pool := database(t)
 	stream, group := prefix+"orders", prefix+"g"
@@ -273,19 +263,18 @@ func TestDatabaseStopped(t *testing.T) {
 	failures := c.Stats().Failures
 	release()
 	most := 0 // the most entries Redis counted acknowledged while down
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); <-tick.C {
+	testenv.Hold(t, 3*time.Second, "PostgreSQL is down", func() error {
 		left, err := unacked(rdb, stream, group)
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		acked := n - left
 		if acked > held {
-			t.Fatalf("%d entries acknowledged while PostgreSQL is down, %d stored when it stopped", acked, held)
+			return fmt.Errorf("%d entries acknowledged while PostgreSQL is down, %d stored when it stopped", acked, held)
 		}
 		most = max(most, acked)
-	}
+		return nil
+	})
 	if f := c.Stats().Failures; f == failures {
 		t.Fatal("no Set failed while PostgreSQL was down")
 	}
@@ -300,12 +289,7 @@ func TestDatabaseStopped(t *testing.T) {
 	for i, eid := range entryIDs {
 		ids[i] = broker.ID("redis", stream, eid)
 	}
-	var rows, events int
-	err = pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT event_id) FROM inbox_records WHERE event_id = ANY($1)`,
-		ids).Scan(&rows, &events)
-	if err != nil || rows != 2*n || events != n {
-		t.Fatalf("%d rows of %d events stored (%v); want each of the %d events once, with its 2 handlers", rows, events, err, n)
-	}
+	testenv.StoredOnce(t, pool, ids, 2) // a row for each of registry's 2 handlers
 	t.Logf("%d stored when PostgreSQL stopped, at most %d acknowledged while down; %d failures; stats %+v",
 		held, most, c.Stats().Failures-failures, c.Stats())
 }
