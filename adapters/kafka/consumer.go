@@ -317,17 +317,12 @@ func (c *Consumer) store(ctx context.Context, items []*item) ([]*item, error) {
 	}
 	var re *inbox.RecordsError
 	if errors.As(err, &re) && len(re.Indexes) > 0 {
-		var poison, rest []*item
-		k := 0
-		for i, it := range items {
-			if k < len(re.Indexes) && re.Indexes[k] == i {
-				it.reason = re.Errs[k].Error()
-				poison = append(poison, it)
-				k++
-				continue
-			}
-			rest = append(rest, it)
-		}
+		var poison []*item
+		rest, _ := broker.SplitRefused(re, items, func(it *item, err error) error {
+			it.reason = err.Error()
+			poison = append(poison, it)
+			return nil
+		})
 		if len(rest) == 0 {
 			return poison, nil
 		}
@@ -337,7 +332,7 @@ func (c *Consumer) store(ctx context.Context, items []*item) ([]*item, error) {
 		}
 		return append(poison, more...), nil
 	}
-	if !badInput(err) {
+	if !broker.BadInput(err) {
 		return nil, err
 	}
 	if len(items) == 1 {
@@ -354,13 +349,6 @@ func (c *Consumer) store(ctx context.Context, items []*item) ([]*item, error) {
 		return nil, err
 	}
 	return append(p1, p2...), nil
-}
-
-// badInput reports whether a Set failed for its records, which no retry
-// can fix.
-func badInput(err error) bool {
-	return errors.Is(err, inbox.ErrInvalidRecord) || errors.Is(err, inbox.ErrUnknownEventType) ||
-		errors.Is(err, inbox.ErrConflictingDuplicate)
 }
 
 // deadLetter produces items to the dead-letter topic and waits until the

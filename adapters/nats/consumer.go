@@ -278,23 +278,17 @@ func (c *Consumer) store(ctx context.Context, items []*item) error {
 	}
 	var re *inbox.RecordsError
 	if errors.As(err, &re) && len(re.Indexes) > 0 {
-		rest := make([]*item, 0, len(items))
-		k := 0
-		for i, it := range items {
-			if k < len(re.Indexes) && re.Indexes[k] == i {
-				c.terminate(ctx, it.msg, "inbox rejected the record: "+re.Errs[k].Error())
-				it.settled = true
-				k++
-				continue
-			}
-			rest = append(rest, it)
-		}
+		rest, _ := broker.SplitRefused(re, items, func(it *item, err error) error {
+			c.terminate(ctx, it.msg, "inbox rejected the record: "+err.Error())
+			it.settled = true
+			return nil
+		})
 		if len(rest) == 0 {
 			return nil
 		}
 		return c.store(ctx, rest)
 	}
-	if !inputError(err) {
+	if !broker.BadInput(err) {
 		return err
 	}
 	if len(items) == 1 {
@@ -307,13 +301,6 @@ func (c *Consumer) store(ctx context.Context, items []*item) error {
 		return err
 	}
 	return c.store(ctx, items[half:])
-}
-
-// inputError reports whether Set rejected its records, not failed to
-// store them: retrying the same records cannot succeed.
-func inputError(err error) bool {
-	return errors.Is(err, inbox.ErrUnknownEventType) || errors.Is(err, inbox.ErrInvalidRecord) ||
-		errors.Is(err, inbox.ErrConflictingDuplicate)
 }
 
 // ackParallel bounds the double acks in flight at once: each waits for

@@ -10,6 +10,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/pginbox/inbox"
+	"github.com/pginbox/inbox/broker"
 )
 
 // Dialer opens a new connection to RabbitMQ. The consumer calls it at
@@ -235,7 +236,7 @@ func (c *Consumer) handle(ctx context.Context, ch *amqp.Channel, closed <-chan *
 			}
 			continue
 		}
-		if badInput(err) {
+		if broker.BadInput(err) {
 			var lost error
 			recs, good, err, lost = c.isolate(ctx, ch, recs, good)
 			if lost != nil {
@@ -283,18 +284,13 @@ func (c *Consumer) handle(ctx context.Context, ch *amqp.Channel, closed <-chan *
 func (c *Consumer) refused(ch *amqp.Channel, re *inbox.RecordsError, recs []*inbox.Record, good []*amqp.Delivery) (
 	[]*inbox.Record, []*amqp.Delivery, error,
 ) {
-	keptRecs, keptGood := recs[:0:0], good[:0:0]
-	k := 0
-	for i, rec := range recs {
-		if k < len(re.Indexes) && re.Indexes[k] == i {
-			if lost := c.deadLetter(ch, good[i], fmt.Errorf("%w: %w", ErrRejected, re.Errs[k])); lost != nil {
-				return nil, nil, lost
-			}
-			k++
-			continue
-		}
-		keptRecs, keptGood = append(keptRecs, rec), append(keptGood, good[i])
+	keptGood, lost := broker.SplitRefused(re, good, func(d *amqp.Delivery, err error) error {
+		return c.deadLetter(ch, d, fmt.Errorf("%w: %w", ErrRejected, err))
+	})
+	if lost != nil {
+		return nil, nil, lost
 	}
+	keptRecs, _ := broker.SplitRefused(re, recs, nil)
 	return keptRecs, keptGood, nil
 }
 
@@ -313,7 +309,7 @@ func (c *Consumer) isolate(ctx context.Context, ch *amqp.Channel, recs []*inbox.
 		switch {
 		case err == nil:
 			keptRecs, keptGood = append(keptRecs, rec), append(keptGood, good[i])
-		case badInput(err):
+		case broker.BadInput(err):
 			if lost := c.deadLetter(ch, good[i], fmt.Errorf("%w: %w", ErrRejected, err)); lost != nil {
 				return nil, nil, nil, lost
 			}
@@ -322,12 +318,6 @@ func (c *Consumer) isolate(ctx context.Context, ch *amqp.Channel, recs []*inbox.
 		}
 	}
 	return keptRecs, keptGood, nil, nil
-}
-
-// badInput reports a Set error that retrying cannot fix.
-func badInput(err error) bool {
-	return errors.Is(err, inbox.ErrUnknownEventType) || errors.Is(err, inbox.ErrInvalidRecord) ||
-		errors.Is(err, inbox.ErrConflictingDuplicate)
 }
 
 // deadLetter rejects a poison delivery without requeue, so that RabbitMQ

@@ -200,16 +200,11 @@ func (c *Consumer) store(ctx context.Context, es []*entry) (stored, poison []*en
 	var ce *inbox.ConflictError
 	switch {
 	case errors.As(err, &re):
-		k := 0
-		for i, e := range es {
-			if k < len(re.Indexes) && re.Indexes[k] == i {
-				e.reason = re.Errs[k].Error()
-				poison = append(poison, e)
-				k++
-			} else {
-				rest = append(rest, e)
-			}
-		}
+		rest, _ = broker.SplitRefused(re, es, func(e *entry, err error) error {
+			e.reason = err.Error()
+			poison = append(poison, e)
+			return nil
+		})
 	case errors.As(err, &ce):
 		for _, e := range es {
 			if slices.Contains(ce.IDs, e.rec.ID()) {
