@@ -214,7 +214,7 @@ func TestKilledRepeatedly(t *testing.T) {
 		Unacked: count,
 	}.Run(t)
 
-	ib := testenv.Start(t, ctx, pool, effectRegistry(crashTopic), testenv.Fast(t, inbox.WithBatchSize(1000))...)
+	ib := testenv.Start(t, ctx, pool, effectRegistry(crashTopic), testenv.Fast(t, exactLease, inbox.WithBatchSize(1000))...)
 	c, err := inboxkafka.New(ib.Client(), inboxkafka.Options{
 		Seeds: seeds, Group: group, Topics: []string{crashTopic}, IDHeader: idHeader,
 		MaxPollRecords: crashBatch, Logger: testenv.Logger(t),
@@ -245,7 +245,7 @@ func TestDatabaseStoppedMidStream(t *testing.T) {
 	pg, pool := testenv.StoppableDatabase(t, 8)
 	withEffects(t, pool)
 	ctx := context.Background()
-	ib := testenv.Start(t, ctx, pool, effectRegistry(topic), testenv.Fast(t, inbox.WithBatchSize(1000))...)
+	ib := testenv.Start(t, ctx, pool, effectRegistry(topic), testenv.Fast(t, exactLease, inbox.WithBatchSize(1000))...)
 	ids := produceEvents(t, seeds, topic, n)
 	c, err := inboxkafka.New(ib.Client(), inboxkafka.Options{
 		Seeds: seeds, Group: group, Topics: []string{topic}, IDHeader: idHeader, MaxPollRecords: crashBatch,

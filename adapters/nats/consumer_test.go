@@ -55,7 +55,7 @@ func orders(e *env, n int) ([]*nats.Msg, []string) {
 func TestDuplicatesStoredOnce(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t)...)
+	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t, exactLease)...)
 	const n = 10_000
 	msgs, payloads := orders(e, n)
 	if len(msgs) != n+n/10 {
@@ -190,7 +190,7 @@ func TestDatabaseDownNothingAcked(t *testing.T) {
 func TestPoisonTerminated(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t)...)
+	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t, exactLease)...)
 	const n = 200
 	msgs, payloads := orders(e, n)
 	poison := []*nats.Msg{
@@ -244,7 +244,7 @@ func TestRefusedRecordsTerminated(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	var sets testenv.SetCalls
-	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t, sets.Option())...)
+	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t, exactLease, sets.Option())...)
 	const n = 40
 	unknown := []int{5, 17, 30}
 	var msgs []*nats.Msg
@@ -296,7 +296,7 @@ func TestRefusedRecordsTerminated(t *testing.T) {
 func TestAckWaitShorterThanSet(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t)...)
+	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t, exactLease)...)
 	ctx := context.Background()
 	lock, err := e.pool.Begin(ctx)
 	if err != nil {
@@ -353,7 +353,7 @@ func TestAckWaitShorterThanSet(t *testing.T) {
 func TestMapping(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t)...)
+	ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t, exactLease)...)
 	id := uuid.New()
 	withID := e.msg("order", id.String(), "with id")
 	withID.Header.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
@@ -437,7 +437,7 @@ func TestMappingHeadersAndFuncs(t *testing.T) {
 		t.Run(map[bool]string{false: "headers", true: "funcs"}[funcs], func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
-			ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t)...)
+			ib := testenv.Start(t, context.Background(), e.pool, e.reg, testenv.Fast(t, exactLease)...)
 			id := uuid.New()
 			m := nats.NewMsg(e.subject("other"))
 			m.Header.Set(nats.MsgIdHdr, id.String())

@@ -138,7 +138,7 @@ func TestKilledRepeatedly(t *testing.T) {
 	}
 	kr.Run(t)
 
-	ib := testenv.Start(t, context.Background(), e.pool, effectRegistry(), testenv.Fast(t)...)
+	ib := testenv.Start(t, context.Background(), e.pool, effectRegistry(), testenv.Fast(t, exactLease)...)
 	o := crashOptions(e.stream, e.durable)
 	o.Logger = testenv.Logger(t)
 	c := e.consumer(ib.Client(), o)

@@ -20,6 +20,12 @@ import (
 	"github.com/pginbox/inbox/internal/testenv"
 )
 
+// exactLease is the lease of the inboxes these tests start: the default's
+// length, so that a renewal held up under load (the race detector, other
+// packages' tests beside these) loses no lease, and the tests' exact counts
+// of handler runs hold. Nothing here waits for an inbox lease to end.
+var exactLease = inbox.WithLease(inbox.DefaultLease)
+
 // natsURL is the NATS server with JetStream the tests need.
 const natsURL = "nats://127.0.0.1:4222"
 

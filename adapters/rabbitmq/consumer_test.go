@@ -44,7 +44,7 @@ func TestStoresEachMessageOnce(t *testing.T) {
 	r := newRig(t)
 	pool := testenv.MigratedPool(t)
 	reg, runs := registry()
-	ib := testenv.Start(t, context.Background(), pool, reg, testenv.Fast(t)...)
+	ib := testenv.Start(t, context.Background(), pool, reg, testenv.Fast(t, exactLease)...)
 
 	const n = 10000
 	ids := make([]string, n)
@@ -153,7 +153,7 @@ func TestRefusedRecordsDeadLettered(t *testing.T) {
 	pool := testenv.MigratedPool(t)
 	reg, _ := registry()
 	var sets testenv.SetCalls
-	ib := testenv.Start(t, context.Background(), pool, reg, testenv.Fast(t, sets.Option())...) // RejectUnknown
+	ib := testenv.Start(t, context.Background(), pool, reg, testenv.Fast(t, exactLease, sets.Option())...) // RejectUnknown
 
 	const n = 40
 	unknown := []int{5, 17, 30}
@@ -241,7 +241,7 @@ func TestConnectionLossMidBatch(t *testing.T) {
 			rec.cut()
 		}
 	}}
-	ib := testenv.Start(t, context.Background(), pool, reg, testenv.Fast(t, inbox.WithHooks(hooks))...)
+	ib := testenv.Start(t, context.Background(), pool, reg, testenv.Fast(t, exactLease, inbox.WithHooks(hooks))...)
 
 	const n = 3000
 	msgs := make([]amqp.Publishing, n)

@@ -128,7 +128,7 @@ func TestKilledRepeatedly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ib := testenv.Start(t, ctx, pool, effectsRegistry(), testenv.Fast(t)...)
+	ib := testenv.Start(t, ctx, pool, effectsRegistry(), testenv.Fast(t, exactLease)...)
 	c := newConsumer(t, r, inboxrabbitmq.DialURL(amqpURL), ib.Client(), inboxrabbitmq.Options{BatchSize: killBatch})
 	stop := run(t, c)
 	testenv.Eventually(t, 2*time.Minute, "every message acknowledged and every event handled", func() (bool, error) {

@@ -205,7 +205,7 @@ func TestSetFailingAcksNothing(t *testing.T) {
 	}
 
 	down.Store(false)
-	ib := testenv.Start(t, context.Background(), pool, reg, testenv.Fast(t)...)
+	ib := testenv.Start(t, context.Background(), pool, reg, testenv.Fast(t, exactLease)...)
 	testenv.Eventually(t, 30*time.Second, "every event handled", func() (bool, error) {
 		c, err := ib.Counts(context.Background())
 		return c[inbox.Done] == 2*n, err
@@ -235,7 +235,7 @@ func TestDeadLetters(t *testing.T) {
 	_, pool := database(t)
 	r := newRuns()
 	var sets testenv.SetCalls
-	ib := testenv.Start(t, context.Background(), pool, registry(r, "order"), testenv.Fast(t, sets.Option())...) // RejectUnknown
+	ib := testenv.Start(t, context.Background(), pool, registry(r, "order"), testenv.Fast(t, exactLease, sets.Option())...) // RejectUnknown
 	stream, group := prefix+"events", prefix+"g"
 
 	good := func(i int) map[string]any {

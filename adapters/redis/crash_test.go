@@ -144,7 +144,7 @@ func TestKilledRepeatedly(t *testing.T) {
 	}
 
 	r := newRuns()
-	ib := testenv.Start(t, ctx, pool, registry(r, "order"), testenv.Fast(t)...)
+	ib := testenv.Start(t, ctx, pool, registry(r, "order"), testenv.Fast(t, exactLease)...)
 	o := fast(t, group, "final", map[string]string{stream: "order"})
 	o.BatchSize, o.ClaimIdle = 100, 200*time.Millisecond
 	c, err := inboxredis.New(rdb, ib.Client(), o)
